@@ -1,1 +1,2 @@
-pub fn placeholder() {}
+//! pixelrts: PixelRTS v2 containers — arbitrary files packed into PNG images.
+pub mod format;
