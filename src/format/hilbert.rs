@@ -95,6 +95,8 @@ pub struct TileTables {
     canonical: Vec<(u16, u16)>,
     /// Per symmetry id, built on first use: local index → row-major position in the tile.
     position_of_local: [OnceLock<Vec<u32>>; 8],
+    /// Per symmetry id, built on first use: row-major position → local index (the inverse).
+    local_of_position: [OnceLock<Vec<u32>>; 8],
 }
 
 /// Where one tile sits and how its curve is oriented.
@@ -126,6 +128,7 @@ impl TileTables {
             tiles_per_side: grid / tile_side,
             canonical,
             position_of_local: Default::default(),
+            local_of_position: Default::default(),
         }
     }
 
@@ -198,6 +201,22 @@ impl TileTables {
                     (y * t + x) as u32
                 })
                 .collect()
+        })
+    }
+}
+
+impl TileTables {
+    /// For the tile at `place`: row-major position `y·T + x` → local index (the inverse of
+    /// [`TileTables::positions`]), so a scanline of the tile can be gathered straight from the
+    /// payload.
+    pub fn locals(&self, place: &TilePlace) -> &[u32] {
+        self.local_of_position[place.symmetry].get_or_init(|| {
+            let positions = self.positions(place);
+            let mut locals = vec![0u32; positions.len()];
+            for (local, &pos) in positions.iter().enumerate() {
+                locals[pos as usize] = local as u32;
+            }
+            locals
         })
     }
 }

@@ -1,0 +1,631 @@
+//! The encode pipeline: input bytes → a seekable PixelRTS PNG, in one pass over the input.
+//!
+//! Work is cut into *row groups* (a few scanlines across the whole image, ≈4 MiB of pixels).
+//! For each group, every tile column is gathered straight from the input through the tile's
+//! table, checksummed and deflated on the rayon pool; a writer thread appends the pieces in
+//! stream order to fixed-size IDAT chunks and records their offsets; a third thread hashes the
+//! input with SHA-256, which is the floor of the whole run. Input pages are released as soon as
+//! both readers are done with them, and nothing holds more than a few row groups, so memory
+//! does not grow with the file.
+
+mod writer;
+
+use std::io::{Seek, SeekFrom, Write};
+use std::path::Path;
+use std::sync::mpsc::sync_channel;
+use std::sync::Arc;
+
+use rayon::prelude::*;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, IoContext, Result};
+use crate::format::code_mode::{self, code_pixel};
+use crate::format::hilbert::{TilePlace, TileTables};
+use crate::format::index::{self, IndexHeader};
+use crate::format::metadata::{self, Mode, HASH_PLACEHOLDER};
+use crate::format::png::{chunk_bytes, Ihdr, SIGNATURE};
+use crate::format::segment::{adler32, PieceCompressor, ZLIB_HEADER};
+use crate::io_util::{AtomicOutput, MappedInput};
+use writer::{GroupOutput, StreamWriter};
+
+/// Called with (bytes done, bytes total) as work completes.
+pub type Progress = Arc<dyn Fn(u64, u64) + Send + Sync>;
+
+/// Default deflate level: measured in docs/LAYOUT.md — level 1 shrinks binaries, text and zeros
+/// at 200+ MB/s per core, while incompressible tiles are detected from a sample and stored.
+pub const DEFAULT_LEVEL: u32 = 1;
+/// IDAT chunk data size (all chunks but the last): 1 MiB.
+pub const IDAT_CHUNK_SIZE: u32 = 1 << 20;
+
+/// How to encode.
+#[derive(Clone)]
+pub struct EncodeOptions {
+    pub mode: Mode,
+    /// Explicit grid side (a power of two that holds the data); automatic when None.
+    pub grid_size: Option<u64>,
+    /// The user's metadata keys, in order (`version` is stored as `content_version`).
+    pub metadata: Map<String, Value>,
+    /// Write the `X.rts.png.meta.json` sidecar (path APIs only).
+    pub sidecar: bool,
+    /// Worker threads (None: all cores).
+    pub threads: Option<usize>,
+    /// Deflate level 0–9 (0 stores everything).
+    pub level: u32,
+    /// Replace an existing output.
+    pub overwrite: bool,
+    /// fsync the output before it is renamed into place.
+    pub fsync: bool,
+    /// Record the input's mode bits and mtime as `file_mode` / `file_mtime` (path API only).
+    pub record_file_attributes: bool,
+    /// log2 of the tile side (restart-point geometry).
+    pub tile_side_log2: u8,
+    pub progress: Option<Progress>,
+}
+
+impl Default for EncodeOptions {
+    fn default() -> Self {
+        EncodeOptions {
+            mode: Mode::Standard,
+            grid_size: None,
+            metadata: Map::new(),
+            sidecar: true,
+            threads: None,
+            level: DEFAULT_LEVEL,
+            overwrite: false,
+            fsync: false,
+            record_file_attributes: true,
+            tile_side_log2: index::DEFAULT_TILE_SIDE_LOG2,
+            progress: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for EncodeOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EncodeOptions")
+            .field("mode", &self.mode)
+            .field("grid_size", &self.grid_size)
+            .field("level", &self.level)
+            .field("threads", &self.threads)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The default output path: INPUT + `.rts.png`.
+pub fn default_output(input: &Path) -> std::path::PathBuf {
+    let mut s = input.as_os_str().to_os_string();
+    s.push(".rts.png");
+    s.into()
+}
+
+/// Encodes the file at `input` into `output` (written atomically), plus the sidecar when asked.
+/// Returns the metadata written.
+pub fn encode_file(input: &Path, output: &Path, opts: &EncodeOptions) -> Result<Map<String, Value>> {
+    let (file, mapped) = MappedInput::open(input)?;
+    if same_file(input, output) {
+        return Err(Error::InvalidArgument(format!("{}: output would overwrite the input", output.display())));
+    }
+    let mut opts = opts.clone();
+    if opts.record_file_attributes {
+        use std::os::unix::fs::MetadataExt;
+        let meta = file.metadata().at(input)?;
+        opts.metadata.entry("file_mode").or_insert((meta.mode() & 0o7777).into());
+        opts.metadata.entry("file_mtime").or_insert(meta.mtime().into());
+    }
+    let mut out = AtomicOutput::create(output, opts.overwrite)?;
+    let meta = {
+        let bytes = mapped.bytes();
+        let release = |r: std::ops::Range<usize>| mapped.release(r);
+        encode_with(bytes, &release, &mut out.file, &opts, output)?
+    };
+    if opts.sidecar {
+        let sidecar = metadata::sidecar_path(output);
+        crate::io_util::write_atomically(&sidecar, metadata::sidecar_text(&meta).as_bytes(), true)?;
+    }
+    out.commit(opts.fsync)?;
+    Ok(meta)
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => false,
+    }
+}
+
+/// Encodes `data` into `out` (any seekable writer; a `Cursor<Vec<u8>>` works).
+pub fn encode_to_writer<W: Write + Seek + Send>(data: &[u8], out: &mut W, opts: &EncodeOptions) -> Result<Map<String, Value>> {
+    encode_with(data, &|_| {}, out, opts, Path::new("<output>"))
+}
+
+/// Encodes `data` to PNG bytes in memory (convenient for small payloads and tests).
+pub fn encode_to_vec(data: &[u8], opts: &EncodeOptions) -> Result<(Vec<u8>, Map<String, Value>)> {
+    let mut cursor = std::io::Cursor::new(Vec::new());
+    let meta = encode_to_writer(data, &mut cursor, opts)?;
+    Ok((cursor.into_inner(), meta))
+}
+
+fn encode_with<W: Write + Seek + Send>(
+    data: &[u8],
+    release: &(dyn Fn(std::ops::Range<usize>) + Sync),
+    out: &mut W,
+    opts: &EncodeOptions,
+    out_path: &Path,
+) -> Result<Map<String, Value>> {
+    match opts.threads {
+        Some(n) if n > 0 => {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build()
+                .map_err(|e| Error::InvalidArgument(format!("cannot start {n} threads: {e}")))?;
+            pool.install(|| encode_core(data, release, out, opts, out_path))
+        }
+        Some(_) => Err(Error::InvalidArgument("--threads must be at least 1".into())),
+        None => encode_core(data, release, out, opts, out_path),
+    }
+}
+
+/// What one tile column contributes to a stripe.
+struct TileJob<'a> {
+    place: TilePlace,
+    payload: &'a [u8],
+    /// Pixels of the tile that carry data (the rest of the tile is zero).
+    data_pixels: u64,
+    kind: TileKind,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum TileKind {
+    /// No data at all: every piece is the precomputed zero piece.
+    Empty,
+    /// Sampled as incompressible: pieces are stored.
+    Stored,
+    /// Pieces are deflated (and stored where that does not help).
+    Deflated,
+}
+
+fn encode_core<W: Write + Seek + Send>(
+    data: &[u8],
+    release: &(dyn Fn(std::ops::Range<usize>) + Sync),
+    out: &mut W,
+    opts: &EncodeOptions,
+    out_path: &Path,
+) -> Result<Map<String, Value>> {
+    let n = data.len() as u64;
+    let grid = match opts.grid_size {
+        Some(g) => {
+            crate::format::check_grid(g, n).map_err(Error::InvalidArgument)?;
+            g
+        }
+        None => crate::format::auto_grid(n),
+    };
+    if grid > crate::format::MAX_GRID {
+        return Err(Error::InvalidArgument(format!("input of {n} bytes needs a grid larger than {}", crate::format::MAX_GRID)));
+    }
+    if opts.level > 9 {
+        return Err(Error::InvalidArgument(format!("--level must be 0..9, got {}", opts.level)));
+    }
+    let draw_code = opts.mode == Mode::Code && code_mode::is_wasm(data);
+    let tile_log2 = index::tile_side_log2_for(grid, opts.tile_side_log2.min(12));
+    let tables = TileTables::new(grid, 1 << tile_log2);
+    let tile_side = tables.tile_side();
+    let tiles_per_side = tables.tiles_per_side();
+    let tile_bytes = 4 * tables.tile_pixels();
+
+    // --- Metadata text, written now with a placeholder hash, patched at the end. ---
+    let meta = metadata::build(grid, opts.mode, &opts.metadata, HASH_PLACEHOLDER, n);
+    let text = metadata::png_text(&meta);
+    let hash_at = text
+        .find(&format!("\"data_hash\":\"{HASH_PLACEHOLDER}\""))
+        .expect("metadata::build writes data_hash")
+        + "\"data_hash\":\"".len();
+    let (text_a, rest) = text.split_at(hash_at);
+    let rest = &rest[HASH_PLACEHOLDER.len()..];
+    let (text_b, text_c) = if opts.mode == Mode::Code {
+        let marker = format!("\"{}\":\"", metadata::B64_KEY);
+        let at = rest.rfind(&marker).expect("code mode writes the payload key") + marker.len();
+        rest.split_at(at)
+    } else {
+        (rest, "")
+    };
+    let b64_len = if opts.mode == Mode::Code { code_mode::b64_len(n) } else { 0 };
+    let keyword_prefix = format!("{}\0", metadata::KEYWORD);
+    let text_chunk_len = keyword_prefix.len() as u64 + text.len() as u64 + b64_len;
+    if text_chunk_len > u64::from(crate::format::png::MAX_CHUNK_LEN) {
+        return Err(Error::InvalidArgument(format!(
+            "code mode keeps the bytes in a PNG text chunk, which holds at most 2 GiB; input is {n} bytes"
+        )));
+    }
+
+    let io = |e| Error::io(out_path, e);
+    out.write_all(&SIGNATURE).map_err(io)?;
+    out.write_all(&chunk_bytes(b"IHDR", &Ihdr::rgba8(grid as u32).to_bytes())).map_err(io)?;
+
+    // tEXt: length, type, [keyword, A] hash [B, base64, C], CRC.
+    out.write_all(&(text_chunk_len as u32).to_be_bytes()).map_err(io)?;
+    let mut crc_head = crc32fast::Hasher::new();
+    crc_head.update(b"tEXt");
+    crc_head.update(keyword_prefix.as_bytes());
+    crc_head.update(text_a.as_bytes());
+    out.write_all(b"tEXt").map_err(io)?;
+    out.write_all(keyword_prefix.as_bytes()).map_err(io)?;
+    out.write_all(text_a.as_bytes()).map_err(io)?;
+    let hash_pos = out.stream_position().map_err(io)?;
+    out.write_all(HASH_PLACEHOLDER.as_bytes()).map_err(io)?;
+    let mut crc_tail = crc32fast::Hasher::new();
+    crc_tail.update(text_b.as_bytes());
+    out.write_all(text_b.as_bytes()).map_err(io)?;
+    if opts.mode == Mode::Code {
+        write_base64(data, out, &mut crc_tail).map_err(io)?;
+    }
+    crc_tail.update(text_c.as_bytes());
+    out.write_all(text_c.as_bytes()).map_err(io)?;
+    let text_crc_pos = out.stream_position().map_err(io)?;
+    out.write_all(&[0u8; 4]).map_err(io)?;
+
+    // rtIX: placeholder of the right size, filled in as stripes complete.
+    let mut header = IndexHeader {
+        tile_side_log2: tile_log2,
+        grid,
+        payload_size: n,
+        idat_chunk_size: IDAT_CHUNK_SIZE,
+        stream_length: 0,
+        pieces_end: 0,
+    };
+    let index_len = header.chunk_len();
+    if index_len > u64::from(crate::format::png::MAX_CHUNK_LEN) {
+        return Err(Error::InvalidArgument(format!("grid {grid} needs an index larger than a PNG chunk")));
+    }
+    out.write_all(&(index_len as u32).to_be_bytes()).map_err(io)?;
+    out.write_all(&index::CHUNK_TYPE).map_err(io)?;
+    let index_data_pos = out.stream_position().map_err(io)?;
+    write_zeros(out, index_len + 4).map_err(io)?;
+
+    // --- Pixels. ---
+    let zero_pieces = ZeroPieces::new(opts.level, tile_side);
+    let rows_per_group = (((1u64 << 20) / grid).max(1)).min(tile_side);
+    let groups_per_stripe = tile_side / rows_per_group;
+    let total_rows = grid;
+    let level = opts.level;
+    let progress = opts.progress.clone();
+
+    let mut stream = StreamWriter::new(&mut *out, IDAT_CHUNK_SIZE, tiles_per_side, tile_side, index_data_pos, &header);
+    let (digest, stream_result) = std::thread::scope(|scope| -> Result<_> {
+        // SHA-256 of the input: one sequential stream, on its own thread.
+        let hasher = scope.spawn(|| {
+            let mut sha = Sha256::new();
+            let block = 4 << 20;
+            let mut at = 0;
+            while at < data.len() {
+                let end = (at + block).min(data.len());
+                sha.update(&data[at..end]);
+                release(at..end);
+                at = end;
+            }
+            sha.finalize()
+        });
+
+        let (send, receive) = sync_channel::<Vec<GroupOutput>>(2);
+        let writer = scope.spawn(move || -> Result<_> {
+            stream.write_raw(&ZLIB_HEADER).map_err(|e| Error::io(out_path, e))?;
+            for group in receive {
+                stream.write_group(group).map_err(|e| Error::io(out_path, e))?;
+            }
+            stream.finish().map_err(|e| Error::io(out_path, e))
+        });
+
+        let mut failed = false;
+        for stripe in 0..tiles_per_side {
+            let jobs: Vec<TileJob> = (0..tiles_per_side)
+                .into_par_iter()
+                .map(|column| {
+                    let place = tables.place_at(column, stripe);
+                    let start = place.hilbert_index * tile_bytes;
+                    let payload = if start >= n { &data[0..0] } else { &data[start as usize..(start + tile_bytes).min(n) as usize] };
+                    let data_pixels = (payload.len() as u64).div_ceil(4);
+                    let kind = classify(payload, level);
+                    TileJob { place, payload, data_pixels, kind }
+                })
+                .collect();
+            for group in 0..groups_per_stripe {
+                let first_row = group * rows_per_group;
+                let outputs: Vec<GroupOutput> = jobs
+                    .par_iter()
+                    .map_init(
+                        || (PieceCompressor::new(level), Vec::with_capacity(4 * tile_side as usize + 1)),
+                        |(compressor, raw), job| {
+                            encode_group(&tables, job, first_row, rows_per_group, draw_code, compressor, raw, &zero_pieces)
+                        },
+                    )
+                    .collect();
+                if send.send(outputs).is_err() {
+                    failed = true;
+                    break;
+                }
+                if let Some(p) = &progress {
+                    let rows_done = stripe * tile_side + first_row + rows_per_group;
+                    p(n * rows_done / total_rows, n);
+                }
+            }
+            for job in &jobs {
+                if !job.payload.is_empty() {
+                    let start = job.payload.as_ptr() as usize - data.as_ptr() as usize;
+                    release(start..start + job.payload.len());
+                }
+            }
+            if failed {
+                break;
+            }
+        }
+        drop(send);
+        let stream_result = writer.join().expect("writer thread panicked");
+        let digest = hasher.join().expect("hash thread panicked");
+        Ok((digest, stream_result))
+    })?;
+    let summary = stream_result?;
+
+    // --- Patch the index and the hash. ---
+    header.stream_length = summary.stream_length;
+    header.pieces_end = summary.pieces_end;
+    let mut index_head = Vec::with_capacity(header.piece_table_offset() as usize);
+    index_head.extend_from_slice(&header.to_bytes());
+    for offset in &summary.stripe_starts {
+        index_head.extend_from_slice(&offset.to_be_bytes());
+    }
+    for crc in &summary.tile_crcs {
+        index_head.extend_from_slice(&crc.to_be_bytes());
+    }
+    let mut index_crc = crc32fast::Hasher::new();
+    index_crc.update(&index::CHUNK_TYPE);
+    index_crc.update(&index_head);
+    index_crc.combine(&summary.piece_table_crc);
+    let end = out.stream_position().map_err(io)?;
+    out.seek(SeekFrom::Start(index_data_pos)).map_err(io)?;
+    out.write_all(&index_head).map_err(io)?;
+    out.seek(SeekFrom::Start(index_data_pos + index_len)).map_err(io)?;
+    out.write_all(&index_crc.finalize().to_be_bytes()).map_err(io)?;
+
+    let hash_hex = hex(&digest);
+    crc_head.update(hash_hex.as_bytes());
+    crc_head.combine(&crc_tail);
+    out.seek(SeekFrom::Start(hash_pos)).map_err(io)?;
+    out.write_all(hash_hex.as_bytes()).map_err(io)?;
+    out.seek(SeekFrom::Start(text_crc_pos)).map_err(io)?;
+    out.write_all(&crc_head.finalize().to_be_bytes()).map_err(io)?;
+    out.seek(SeekFrom::Start(end)).map_err(io)?;
+    out.flush().map_err(io)?;
+
+    let mut meta = meta;
+    meta.insert("data_hash".into(), hash_hex.into());
+    if opts.mode == Mode::Code {
+        // The caller gets the metadata without a copy of the whole payload.
+        meta.insert(metadata::B64_KEY.into(), Value::String(base64_of(data)));
+    }
+    Ok(meta)
+}
+
+/// Decides how a tile's pieces are coded from a small sample of its payload.
+fn classify(payload: &[u8], level: u32) -> TileKind {
+    if payload.is_empty() {
+        return TileKind::Empty;
+    }
+    if level == 0 {
+        return TileKind::Stored;
+    }
+    if payload.iter().all(|&b| b == 0) {
+        return TileKind::Deflated;
+    }
+    // Two 1 KiB samples, from the start and the middle: compressing them costs well under 1%
+    // of the tile, and random data then skips deflate entirely.
+    let sample_len = 1024.min(payload.len());
+    let mid = (payload.len() / 2).min(payload.len() - sample_len);
+    let mut compressor = PieceCompressor::new(level);
+    let mut buf = Vec::with_capacity(2 * sample_len + 32);
+    let a = compressor.compress(&payload[..sample_len], &mut buf);
+    let b = compressor.compress(&payload[mid..mid + sample_len], &mut buf);
+    if (a + b) as f64 >= 0.97 * (2 * sample_len) as f64 {
+        TileKind::Stored
+    } else {
+        TileKind::Deflated
+    }
+}
+
+/// Precompressed all-zero pieces (padding and sparse data), with and without the filter byte.
+struct ZeroPieces {
+    first: Vec<u8>,
+    other: Vec<u8>,
+    first_adler: u32,
+    other_adler: u32,
+}
+
+impl ZeroPieces {
+    fn new(level: u32, tile_side: u64) -> Self {
+        let other_raw = vec![0u8; 4 * tile_side as usize];
+        let first_raw = vec![0u8; 4 * tile_side as usize + 1];
+        let mut c = PieceCompressor::new(level);
+        let (mut first, mut other) = (Vec::new(), Vec::new());
+        c.compress(&first_raw, &mut first);
+        c.compress(&other_raw, &mut other);
+        ZeroPieces { first, other, first_adler: adler32(&first_raw), other_adler: adler32(&other_raw) }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn encode_group(
+    tables: &TileTables,
+    job: &TileJob<'_>,
+    first_row: u64,
+    rows: u64,
+    draw_code: bool,
+    compressor: &mut PieceCompressor,
+    raw: &mut Vec<u8>,
+    zeros: &ZeroPieces,
+) -> GroupOutput {
+    let side = tables.tile_side() as usize;
+    let column = job.place.column;
+    let mut out = GroupOutput {
+        column,
+        stripe: job.place.row,
+        hilbert_index: job.place.hilbert_index,
+        bytes: Vec::with_capacity(if job.kind == TileKind::Empty { zeros.first.len() * rows as usize } else { rows as usize * (4 * side + 8) }),
+        piece_lens: Vec::with_capacity(rows as usize),
+        adlers: Vec::with_capacity(rows as usize),
+        raw_lens: Vec::with_capacity(rows as usize),
+        crc: crc32fast::Hasher::new(),
+        first_row,
+    };
+    let filter_byte = usize::from(column == 0);
+    if job.kind == TileKind::Empty {
+        let (piece, adler) = if column == 0 { (&zeros.first, zeros.first_adler) } else { (&zeros.other, zeros.other_adler) };
+        let zero_row = [0u8; 4 * 256];
+        for _ in 0..rows {
+            out.bytes.extend_from_slice(piece);
+            out.piece_lens.push(piece.len() as u32);
+            out.adlers.push(adler);
+            out.raw_lens.push((4 * side + filter_byte) as u32);
+            // CRC of a zero row, fed in slices of a small zero buffer.
+            let mut left = 4 * side;
+            while left > 0 {
+                let take = left.min(zero_row.len());
+                out.crc.update(&zero_row[..take]);
+                left -= take;
+            }
+        }
+        return out;
+    }
+    let locals = tables.locals(&job.place);
+    let payload = job.payload;
+    for row in first_row..first_row + rows {
+        raw.clear();
+        if filter_byte == 1 {
+            raw.push(0);
+        }
+        let row_locals = &locals[row as usize * side..(row as usize + 1) * side];
+        let whole_pixels = payload.len() / 4;
+        for &local in row_locals {
+            let local = local as usize;
+            let mut pixel = [0u8; 4];
+            if local < whole_pixels {
+                pixel.copy_from_slice(&payload[4 * local..4 * local + 4]);
+            } else if (local as u64) < job.data_pixels {
+                let tail = &payload[4 * local..];
+                pixel[..tail.len()].copy_from_slice(tail);
+            } else {
+                raw.extend_from_slice(&pixel);
+                continue;
+            }
+            if draw_code {
+                pixel = code_pixel(pixel);
+            }
+            raw.extend_from_slice(&pixel);
+        }
+        out.crc.update(&raw[filter_byte..]);
+        out.adlers.push(adler32(raw));
+        out.raw_lens.push(raw.len() as u32);
+        let len = match job.kind {
+            TileKind::Stored => {
+                let start = out.bytes.len();
+                crate::format::segment::store_piece(raw, &mut out.bytes);
+                out.bytes.len() - start
+            }
+            _ if raw.iter().all(|&b| b == 0) => {
+                let piece = if column == 0 { &zeros.first } else { &zeros.other };
+                out.bytes.extend_from_slice(piece);
+                piece.len()
+            }
+            _ => compressor.compress(raw, &mut out.bytes),
+        };
+        out.piece_lens.push(len as u32);
+    }
+    out
+}
+
+fn write_zeros<W: Write>(out: &mut W, mut n: u64) -> std::io::Result<()> {
+    let zeros = [0u8; 64 * 1024];
+    while n > 0 {
+        let take = n.min(zeros.len() as u64) as usize;
+        out.write_all(&zeros[..take])?;
+        n -= take as u64;
+    }
+    Ok(())
+}
+
+fn write_base64<W: Write>(data: &[u8], out: &mut W, crc: &mut crc32fast::Hasher) -> std::io::Result<()> {
+    use base64::Engine;
+    // Whole 3-byte groups per block so that only the very end carries padding.
+    let block = 3 * (1 << 18);
+    let mut buf = String::with_capacity(block / 3 * 4 + 4);
+    for chunk in data.chunks(block) {
+        buf.clear();
+        base64::engine::general_purpose::STANDARD.encode_string(chunk, &mut buf);
+        crc.update(buf.as_bytes());
+        out.write_all(buf.as_bytes())?;
+    }
+    Ok(())
+}
+
+fn base64_of(data: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(data)
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::hilbert::d2xy;
+
+    /// Decodes with the png crate (an independent reader) and walks the Hilbert curve.
+    fn decode_with_png_crate(png_bytes: &[u8], n: usize) -> Vec<u8> {
+        let mut decoder = png::Decoder::new(std::io::Cursor::new(png_bytes));
+        decoder.ignore_checksums(false);
+        let mut reader = decoder.read_info().unwrap();
+        let mut img = vec![0u8; reader.output_buffer_size().unwrap()];
+        let info = reader.next_frame(&mut img).unwrap();
+        let g = info.width as u64;
+        let mut out = Vec::with_capacity(n);
+        for d in 0..(n as u64).div_ceil(4) {
+            let (x, y) = d2xy(g, d);
+            let p = ((y * g + x) * 4) as usize;
+            out.extend_from_slice(&img[p..p + 4]);
+        }
+        out.truncate(n);
+        out
+    }
+
+    fn sample(n: usize, seed: u64) -> Vec<u8> {
+        let mut s = seed | 1;
+        (0..n)
+            .map(|i| {
+                if i % 3000 < 1000 {
+                    0
+                } else if i % 3000 < 2000 {
+                    b"some text "[i % 10]
+                } else {
+                    s ^= s << 13;
+                    s ^= s >> 7;
+                    s ^= s << 17;
+                    s as u8
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn png_crate_reads_what_we_write() {
+        for (n, tile_log2) in [(0usize, 8u8), (1, 8), (65, 8), (1000, 2), (70_000, 4), (300_000, 8), (1 << 20, 6)] {
+            for level in [0, 1, 6] {
+                let data = sample(n, n as u64 + 7);
+                let opts = EncodeOptions { level, tile_side_log2: tile_log2, ..Default::default() };
+                let (png_bytes, meta) = encode_to_vec(&data, &opts).unwrap();
+                assert_eq!(meta["data_size"], n as u64);
+                assert_eq!(decode_with_png_crate(&png_bytes, n), data, "n={n} level={level}");
+            }
+        }
+    }
+}

@@ -1,0 +1,223 @@
+//! Restart-point segments of the zlib stream (FORMAT.md §5).
+//!
+//! Every *piece* (one tile-wide slice of one scanline) is an independent raw-deflate sequence
+//! that ends byte-aligned with no reference to earlier data: either deflate blocks followed by a
+//! full flush, or one stored block. Concatenated, they form one valid zlib stream that any PNG
+//! reader inflates; on their own, each inflates without the rest.
+
+use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, Status};
+
+/// zlib header: deflate, 32 KiB window, "fastest" level hint; (0x78·256 + 0x01) % 31 == 0.
+pub const ZLIB_HEADER: [u8; 2] = [0x78, 0x01];
+/// An empty final block with fixed Huffman codes: ends the deflate stream after the pieces.
+pub const FINAL_EMPTY_BLOCK: [u8; 2] = [0x03, 0x00];
+/// Header bytes of a non-final stored block.
+pub const STORED_OVERHEAD: usize = 5;
+
+/// Appends `raw` as one non-final stored block (`raw.len()` ≤ 65535).
+pub fn store_piece(raw: &[u8], out: &mut Vec<u8>) {
+    assert!(raw.len() <= 0xffff);
+    let len = raw.len() as u16;
+    out.push(0x00);
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&(!len).to_le_bytes());
+    out.extend_from_slice(raw);
+}
+
+/// Compresses pieces one after another; each call's output is independent of the previous ones
+/// (zlib's full flush resets the dictionary), so one compressor serves a whole run of pieces.
+pub struct PieceCompressor {
+    level: u32,
+    deflate: Option<Compress>,
+}
+
+impl PieceCompressor {
+    /// `level` 0 stores everything; 1–9 are zlib levels.
+    pub fn new(level: u32) -> Self {
+        let deflate = (level > 0).then(|| Compress::new(Compression::new(level.min(9)), false));
+        PieceCompressor { level, deflate }
+    }
+
+    pub fn level(&self) -> u32 {
+        self.level
+    }
+
+    /// Appends the piece to `out`, compressed if that makes it smaller, else stored.
+    /// Returns the number of bytes appended.
+    pub fn compress(&mut self, raw: &[u8], out: &mut Vec<u8>) -> usize {
+        let start = out.len();
+        if let Some(deflate) = self.deflate.as_mut() {
+            let budget = raw.len() + STORED_OVERHEAD;
+            out.reserve(budget + 16);
+            let before_out = deflate.total_out();
+            let before_in = deflate.total_in();
+            // The spare capacity is a hard cap: output that would not beat storing is dropped.
+            let status = deflate.compress_vec(raw, out, FlushCompress::Full);
+            let produced = (deflate.total_out() - before_out) as usize;
+            let consumed = (deflate.total_in() - before_in) as usize;
+            let finished = matches!(status, Ok(Status::Ok)) && consumed == raw.len() && out.ends_with(&[0, 0, 0xff, 0xff]);
+            if finished && produced < budget {
+                return produced;
+            }
+            // Too big or not flushed within the buffer: start over from a clean state.
+            out.truncate(start);
+            deflate.reset();
+        }
+        store_piece(raw, out);
+        out.len() - start
+    }
+}
+
+/// Why a piece failed to inflate.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PieceError {
+    Inflate(String),
+    WrongLength { expected: usize, got: usize },
+    LeftOver { unused: usize },
+}
+
+impl std::fmt::Display for PieceError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PieceError::Inflate(e) => write!(f, "segment does not inflate: {e}"),
+            PieceError::WrongLength { expected, got } => write!(f, "segment inflates to {got} bytes, expected {expected}"),
+            PieceError::LeftOver { unused } => write!(f, "segment has {unused} bytes left over after its data"),
+        }
+    }
+}
+
+/// Inflates one piece into `out`, which must be filled exactly, with all input consumed.
+pub fn inflate_piece(compressed: &[u8], out: &mut [u8], inflater: &mut Decompress) -> Result<(), PieceError> {
+    // Fast path: a single stored block of exactly the right size.
+    if compressed.len() == out.len() + STORED_OVERHEAD && compressed[0] == 0x00 {
+        let len = u16::from_le_bytes([compressed[1], compressed[2]]);
+        let nlen = u16::from_le_bytes([compressed[3], compressed[4]]);
+        if len as usize == out.len() && nlen == !len {
+            out.copy_from_slice(&compressed[STORED_OVERHEAD..]);
+            return Ok(());
+        }
+    }
+    inflater.reset(false);
+    let status = inflater
+        .decompress(compressed, out, FlushDecompress::Sync)
+        .map_err(|e| PieceError::Inflate(e.to_string()))?;
+    let got = inflater.total_out() as usize;
+    let used = inflater.total_in() as usize;
+    if got != out.len() {
+        return Err(PieceError::WrongLength { expected: out.len(), got });
+    }
+    if used != compressed.len() {
+        // The output is full; whatever remains must be nothing but an empty flush block.
+        let rest = &compressed[used..];
+        let mut probe = [0u8; 1];
+        let more = inflater.decompress(rest, &mut probe, FlushDecompress::Sync);
+        let extra_out = inflater.total_out() as usize - got;
+        let extra_in = inflater.total_in() as usize - used;
+        if more.is_err() || extra_out != 0 || extra_in != rest.len() {
+            return Err(PieceError::LeftOver { unused: compressed.len() - used });
+        }
+    }
+    if status == Status::StreamEnd {
+        // A final block inside a piece would end the PNG's stream early.
+        return Err(PieceError::Inflate("segment ends the deflate stream".into()));
+    }
+    Ok(())
+}
+
+/// Adler-32 of `a ‖ b` from adler32(a), adler32(b) and len(b) (zlib's adler32_combine).
+pub fn adler32_combine(adler1: u32, adler2: u32, len2: u64) -> u32 {
+    const BASE: u64 = 65521;
+    let rem = len2 % BASE;
+    let mut sum1 = u64::from(adler1 & 0xffff);
+    let mut sum2 = (rem * sum1) % BASE;
+    sum1 += u64::from(adler2 & 0xffff) + BASE - 1;
+    sum2 += u64::from(adler1 >> 16) + u64::from(adler2 >> 16) + BASE - rem;
+    if sum1 >= BASE {
+        sum1 -= BASE;
+    }
+    if sum1 >= BASE {
+        sum1 -= BASE;
+    }
+    if sum2 >= BASE << 1 {
+        sum2 -= BASE << 1;
+    }
+    if sum2 >= BASE {
+        sum2 -= BASE;
+    }
+    ((sum2 << 16) | sum1) as u32
+}
+
+pub fn adler32(data: &[u8]) -> u32 {
+    let mut a = simd_adler32::Adler32::new();
+    a.write(data);
+    a.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    #[test]
+    fn adler_combine_matches_direct() {
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i * 31 % 251) as u8).collect();
+        for split in [0, 1, 5552, 65521, 70000, 100_000] {
+            let (a, b) = data.split_at(split);
+            assert_eq!(adler32_combine(adler32(a), adler32(b), b.len() as u64), adler32(&data), "split {split}");
+        }
+    }
+
+    #[test]
+    fn pieces_join_into_one_valid_zlib_stream_and_inflate_alone() {
+        let pieces: Vec<Vec<u8>> = vec![
+            vec![0u8; 1025],
+            (0..1024u32).map(|i| (i * 7919 % 256) as u8).collect(),
+            b"hello hello hello hello hello".repeat(30),
+            (0..1024u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect(),
+        ];
+        for level in [0, 1, 6, 9] {
+            let mut c = PieceCompressor::new(level);
+            let mut stream = ZLIB_HEADER.to_vec();
+            let mut spans = vec![];
+            let mut adler = 1u32;
+            for p in &pieces {
+                let start = stream.len();
+                let n = c.compress(p, &mut stream);
+                assert!(n <= p.len() + STORED_OVERHEAD);
+                spans.push(start..start + n);
+                adler = adler32_combine(adler, adler32(p), p.len() as u64);
+            }
+            stream.extend_from_slice(&FINAL_EMPTY_BLOCK);
+            stream.extend_from_slice(&adler.to_be_bytes());
+            let mut all = vec![];
+            flate2::read::ZlibDecoder::new(&stream[..]).read_to_end(&mut all).unwrap();
+            assert_eq!(all, pieces.concat());
+            let mut inflater = Decompress::new(false);
+            for (p, span) in pieces.iter().zip(&spans) {
+                let mut out = vec![0u8; p.len()];
+                inflate_piece(&stream[span.clone()], &mut out, &mut inflater).unwrap();
+                assert_eq!(&out, p);
+                let mut short = vec![0u8; p.len() - 1];
+                assert!(inflate_piece(&stream[span.clone()], &mut short, &mut inflater).is_err());
+                let mut long = vec![0u8; p.len() + 1];
+                assert!(inflate_piece(&stream[span.clone()], &mut long, &mut inflater).is_err());
+            }
+        }
+    }
+
+    #[test]
+    fn random_data_is_stored_not_grown() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let raw: Vec<u8> = (0..1024)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state >> 24) as u8
+            })
+            .collect();
+        let mut out = vec![];
+        let n = PieceCompressor::new(1).compress(&raw, &mut out);
+        assert_eq!(n, raw.len() + STORED_OVERHEAD);
+    }
+}

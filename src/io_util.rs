@@ -1,0 +1,146 @@
+//! File plumbing shared by the pipelines: memory-mapped input whose pages are handed back as
+//! soon as they are used (so RSS stays flat at any size), and outputs that appear under their
+//! final name only when complete.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use memmap2::Mmap;
+
+use crate::error::{Error, IoContext, Result};
+
+/// A read-only view of an input file.
+pub struct MappedInput {
+    map: Option<Mmap>,
+}
+
+impl MappedInput {
+    pub fn open(path: &Path) -> Result<(File, Self)> {
+        let file = File::open(path).at(path)?;
+        let meta = file.metadata().at(path)?;
+        if meta.is_dir() {
+            return Err(Error::io(path, io::Error::new(io::ErrorKind::IsADirectory, "is a directory")));
+        }
+        if meta.len() == 0 {
+            return Ok((file, MappedInput { map: None }));
+        }
+        // SAFETY: the mapping is read-only; a concurrent truncation by another process would
+        // raise SIGBUS, the same hazard every mmap-based reader accepts (cp, ripgrep, …).
+        let map = unsafe { Mmap::map(&file) }.at(path)?;
+        #[cfg(unix)]
+        let _ = map.advise(memmap2::Advice::Sequential);
+        Ok((file, MappedInput { map: Some(map) }))
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        self.map.as_deref().unwrap_or(&[])
+    }
+
+    /// Drops this process's mapping of the pages inside `range` (the page cache keeps them);
+    /// touching them again maps them again. Keeps resident memory independent of file size.
+    pub fn release(&self, range: Range<usize>) {
+        release_pages(self.bytes(), range);
+    }
+}
+
+/// Releases whole pages of a file-backed mapping within `range` of `bytes`.
+pub fn release_pages(bytes: &[u8], range: Range<usize>) {
+    if bytes.is_empty() || range.start >= range.end {
+        return;
+    }
+    let page = page_size();
+    let base = bytes.as_ptr() as usize;
+    let start = (base + range.start).next_multiple_of(page);
+    let end = (base + range.end.min(bytes.len())) / page * page;
+    if end > start {
+        // SAFETY: the range lies inside a live, file-backed, read-only mapping; MADV_DONTNEED
+        // on such a mapping only drops page-table entries, and later reads refault the same
+        // file contents.
+        unsafe {
+            libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED);
+        }
+    }
+}
+
+pub fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let p = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if p > 0 {
+        p as usize
+    } else {
+        4096
+    }
+}
+
+/// An output file written under a temporary name beside its final path, renamed into place by
+/// [`AtomicOutput::commit`]. Dropped without commit, it deletes the temporary file.
+pub struct AtomicOutput {
+    pub file: File,
+    temp: PathBuf,
+    target: PathBuf,
+    committed: bool,
+}
+
+impl AtomicOutput {
+    pub fn create(target: &Path, overwrite: bool) -> Result<Self> {
+        if !overwrite && target.symlink_metadata().is_ok() {
+            return Err(Error::OutputExists { path: target.to_path_buf() });
+        }
+        let dir = match target.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
+        for attempt in 0..100u32 {
+            let temp = dir.join(format!(".{name}.pixelrts-tmp.{}.{attempt}", std::process::id()));
+            match OpenOptions::new().write(true).read(true).create_new(true).open(&temp) {
+                Ok(file) => {
+                    return Ok(AtomicOutput { file, temp, target: target.to_path_buf(), committed: false });
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(Error::io(target, e)),
+            }
+        }
+        Err(Error::io(target, io::Error::new(io::ErrorKind::AlreadyExists, "could not create a temporary file")))
+    }
+
+    pub fn target(&self) -> &Path {
+        &self.target
+    }
+
+    /// Optionally fsyncs, then renames into place (replacing an existing file only when the
+    /// caller allowed overwriting at `create`).
+    pub fn commit(mut self, fsync: bool) -> Result<()> {
+        self.file.flush().at(&self.target)?;
+        if fsync {
+            self.file.sync_all().at(&self.target)?;
+        }
+        std::fs::rename(&self.temp, &self.target).at(&self.target)?;
+        self.committed = true;
+        if fsync {
+            if let Some(dir) = self.target.parent().filter(|d| !d.as_os_str().is_empty()) {
+                if let Ok(d) = File::open(dir) {
+                    let _ = d.sync_all();
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for AtomicOutput {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = std::fs::remove_file(&self.temp);
+        }
+    }
+}
+
+/// Writes `contents` to `path` atomically (temporary file + rename).
+pub fn write_atomically(path: &Path, contents: &[u8], overwrite: bool) -> Result<()> {
+    let mut out = AtomicOutput::create(path, overwrite)?;
+    out.file.write_all(contents).at(path)?;
+    out.commit(false)
+}
