@@ -1,1 +1,3 @@
-pub fn placeholder() {}
+//! PixelRTS v2 library.
+
+pub mod bench;
