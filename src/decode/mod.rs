@@ -544,7 +544,6 @@ fn decode_seekable(
             Ok(())
         });
         let mut result = Ok(());
-        let mut released_at = 0u64;
         let mut first = 0u64;
         while first < tiles {
             let last = (first + batch_tiles).min(tiles);
@@ -571,11 +570,6 @@ fn decode_seekable(
             }
             if let Some(p) = &opts.progress {
                 p(end_byte, payload);
-            }
-            // Keep resident memory flat: hand the mapped pages back every 64 MiB.
-            if end_byte - released_at >= 64 << 20 {
-                image.release_pages();
-                released_at = end_byte;
             }
             first = last;
         }

@@ -5,7 +5,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use flate2::Decompress;
-use memmap2::Mmap;
+use std::os::unix::fs::FileExt;
 
 use crate::error::{Error, IoContext, Result};
 use crate::format::hilbert::{gather_tile, TileTables};
@@ -19,7 +19,7 @@ pub struct SeekableImage {
     path: PathBuf,
     pub header: IndexHeader,
     pub tables: TileTables,
-    map: Mmap,
+    file: File,
     index_data_offset: u64,
     first_idat_offset: u64,
     stripe_starts: Vec<u64>,
@@ -30,6 +30,7 @@ pub struct SeekableImage {
 pub struct TileScratch {
     inflater: Decompress,
     piece: Vec<u8>,
+    with_filter: Vec<u8>,
     pub tile: Vec<u8>,
 }
 
@@ -38,6 +39,7 @@ impl TileScratch {
         TileScratch {
             inflater: Decompress::new(false),
             piece: Vec::with_capacity(4 * image.tables.tile_side() as usize + 1),
+            with_filter: vec![0u8; 4 * image.tables.tile_side() as usize + 1],
             tile: vec![0u8; 4 * image.tables.tile_pixels() as usize],
         }
     }
@@ -55,21 +57,29 @@ impl SeekableImage {
     ) -> Result<Self> {
         let corrupt = |reason: String| Error::corrupt(path, format!("seekable index: {reason}"));
         crate::format::png::verify_chunk_crc_streamed(file, path, index_chunk)?;
-        // SAFETY: read-only mapping of a file we only read; see io_util::MappedInput.
-        let map = unsafe { Mmap::map(file) }.at(path)?;
-        let data_off = index_chunk.data_offset() as usize;
-        let header_bytes = &map[data_off
-            ..data_off + (index_chunk.length as usize).min(crate::format::index::HEADER_LEN)];
-        let header = IndexHeader::parse(header_bytes, grid, u64::from(index_chunk.length))
+        let file = file.try_clone().at(path)?;
+        let data_off = index_chunk.data_offset();
+        let mut header_bytes =
+            vec![0u8; (index_chunk.length as usize).min(crate::format::index::HEADER_LEN)];
+        file.read_exact_at(&mut header_bytes, data_off).at(path)?;
+        let header = IndexHeader::parse(&header_bytes, grid, u64::from(index_chunk.length))
             .map_err(corrupt)?;
         let tables = TileTables::new(grid, header.tile_side());
         let m = header.tiles_per_side() as usize;
-        let be64 = |at: usize| u64::from_be_bytes(map[at..at + 8].try_into().unwrap());
-        let be32 = |at: usize| u32::from_be_bytes(map[at..at + 4].try_into().unwrap());
-        let stripe_at = data_off + header.stripe_table_offset() as usize;
-        let stripe_starts: Vec<u64> = (0..m).map(|s| be64(stripe_at + 8 * s)).collect();
-        let crc_at = data_off + header.tile_crc_offset() as usize;
-        let tile_crcs: Vec<u32> = (0..m * m).map(|j| be32(crc_at + 4 * j)).collect();
+        // Stripe starts and tile CRCs: small (16 KiB per GiB), kept in memory.
+        let mut table =
+            vec![0u8; (header.piece_table_offset() - header.stripe_table_offset()) as usize];
+        file.read_exact_at(&mut table, data_off + header.stripe_table_offset())
+            .at(path)?;
+        let (stripe_bytes, crc_bytes) = table.split_at(8 * m);
+        let stripe_starts: Vec<u64> = stripe_bytes
+            .chunks_exact(8)
+            .map(|b| u64::from_be_bytes(b.try_into().unwrap()))
+            .collect();
+        let tile_crcs: Vec<u32> = crc_bytes
+            .chunks_exact(4)
+            .map(|b| u32::from_be_bytes(b.try_into().unwrap()))
+            .collect();
         if stripe_starts.windows(2).any(|w| w[0] >= w[1])
             || stripe_starts.first() != Some(&2)
             || stripe_starts[m - 1] >= header.pieces_end
@@ -82,7 +92,7 @@ impl SeekableImage {
             path: path.to_path_buf(),
             header,
             tables,
-            map,
+            file,
             index_data_offset: index_chunk.data_offset(),
             first_idat_offset: first_idat.offset,
             stripe_starts,
@@ -99,18 +109,29 @@ impl SeekableImage {
         Ok(image)
     }
 
+    /// Every IDAT chunk header must sit where the fixed chunk size puts it.
     fn check_idat_framing(&self) -> Result<()> {
         let c = u64::from(self.header.idat_chunk_size);
         let chunks = self.header.stream_length.div_ceil(c);
         let end = self.first_idat_offset + chunks * 12 + self.header.stream_length;
-        if end > self.map.len() as u64 {
+        let file_len = self.file.metadata().at(&self.path)?.len();
+        if end > file_len {
             return Err(Error::corrupt(
                 &self.path,
-                format!(
-                    "file truncated: image data needs {end} bytes, file has {}",
-                    self.map.len()
-                ),
+                format!("file truncated: image data needs {end} bytes, file has {file_len}"),
             ));
+        }
+        let mut head = [0u8; 8];
+        for k in 0..chunks {
+            let at = self.first_idat_offset + k * (c + 12);
+            let len = c.min(self.header.stream_length - k * c);
+            self.file.read_exact_at(&mut head, at).at(&self.path)?;
+            if head[0..4] != (len as u32).to_be_bytes() || &head[4..8] != b"IDAT" {
+                return Err(Error::corrupt(
+                    &self.path,
+                    format!("IDAT chunk {k} at offset {at} does not match the index"),
+                ));
+            }
         }
         Ok(())
     }
@@ -119,8 +140,9 @@ impl SeekableImage {
         &self.path
     }
 
-    /// Copies `out.len()` bytes of the zlib stream from stream offset `at`, checking the
-    /// framing of every IDAT chunk it crosses.
+    /// Copies `out.len()` bytes of the zlib stream from stream offset `at` (positional reads:
+    /// a tile's pieces lie a scanline apart, and mapping them would make resident memory grow
+    /// with the image width). IDAT framing was checked at open.
     fn read_stream(&self, mut at: u64, mut out: &mut [u8]) -> Result<()> {
         let c = u64::from(self.header.idat_chunk_size);
         if at + out.len() as u64 > self.header.stream_length {
@@ -130,33 +152,32 @@ impl SeekableImage {
             ));
         }
         while !out.is_empty() {
-            let chunk = at / c;
             let within = at % c;
-            let chunk_start = self.first_idat_offset + chunk * (c + 12);
-            let chunk_len = c.min(self.header.stream_length - chunk * c);
-            let head = &self.map[chunk_start as usize..chunk_start as usize + 8];
-            if head[0..4] != (chunk_len as u32).to_be_bytes() || &head[4..8] != b"IDAT" {
-                return Err(Error::corrupt(
-                    &self.path,
-                    format!("IDAT chunk {chunk} at offset {chunk_start} does not match the index"),
-                ));
-            }
+            let chunk_len = c.min(self.header.stream_length - at / c * c);
             let take = ((chunk_len - within) as usize).min(out.len());
-            let from = (chunk_start + 8 + within) as usize;
-            out[..take].copy_from_slice(&self.map[from..from + take]);
+            self.file
+                .read_exact_at(&mut out[..take], self.stream_to_file_offset(at))
+                .at(&self.path)?;
             out = &mut out[take..];
             at += take as u64;
         }
         Ok(())
     }
 
-    fn piece_table(&self, stripe: u64, column: u64) -> impl Iterator<Item = u64> + '_ {
-        let at = (self.index_data_offset + self.header.piece_offsets_of(stripe, column)) as usize;
-        (0..self.header.tile_side() as usize).map(move |r| {
-            u64::from(u32::from_be_bytes(
-                self.map[at + 4 * r..at + 4 * r + 4].try_into().unwrap(),
-            ))
-        })
+    fn stream_to_file_offset(&self, at: u64) -> u64 {
+        let c = u64::from(self.header.idat_chunk_size);
+        self.first_idat_offset + (at / c) * (c + 12) + 8 + at % c
+    }
+
+    fn piece_table(&self, stripe: u64, column: u64) -> Result<Vec<u64>> {
+        let side = self.header.tile_side() as usize;
+        let mut raw = vec![0u8; 4 * side];
+        let at = self.index_data_offset + self.header.piece_offsets_of(stripe, column);
+        self.file.read_exact_at(&mut raw, at).at(&self.path)?;
+        Ok(raw
+            .chunks_exact(4)
+            .map(|b| u64::from(u32::from_be_bytes(b.try_into().unwrap())))
+            .collect())
     }
 
     /// Stream offset and length of each piece of the tile at (`column`, `stripe`).
@@ -169,11 +190,11 @@ impl SeekableImage {
         } else {
             self.header.pieces_end
         };
-        let own: Vec<u64> = self.piece_table(stripe, column).collect();
+        let own = self.piece_table(stripe, column)?;
         let next: Vec<u64> = if column + 1 < m {
-            self.piece_table(stripe, column + 1).collect()
+            self.piece_table(stripe, column + 1)?
         } else {
-            let firsts: Vec<u64> = self.piece_table(stripe, 0).collect();
+            let firsts = self.piece_table(stripe, 0)?;
             (0..side)
                 .map(|r| {
                     if r + 1 < side {
@@ -213,8 +234,8 @@ impl SeekableImage {
             let row = &mut scratch.tile[r * row_bytes..(r + 1) * row_bytes];
             let result = if first_column {
                 // The scanline's filter byte comes first; this layout always writes 0 (None).
-                let mut with_filter = vec![0u8; row_bytes + 1];
-                let res = inflate_piece(&scratch.piece, &mut with_filter, &mut scratch.inflater);
+                let with_filter = &mut scratch.with_filter;
+                let res = inflate_piece(&scratch.piece, with_filter, &mut scratch.inflater);
                 if res.is_ok() {
                     if with_filter[0] != 0 {
                         return Err(Error::corrupt(
@@ -259,10 +280,5 @@ impl SeekableImage {
         let place = self.tables.place_of(j);
         gather_tile(self.tables.positions(&place), &scratch.tile, out);
         Ok(())
-    }
-
-    /// Drops this process's mapping of the file's pages (see io_util::release_pages).
-    pub fn release_pages(&self) {
-        crate::io_util::release_pages(&self.map, 0..self.map.len());
     }
 }
