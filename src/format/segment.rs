@@ -48,22 +48,22 @@ impl PieceCompressor {
         let start = out.len();
         if let Some(deflate) = self.deflate.as_mut() {
             let budget = raw.len() + STORED_OVERHEAD;
-            out.reserve(budget + 16);
+            // Room for deflate's worst case, so every call ends with its flush complete: zlib-rs
+            // can panic when a compressor whose output ran short is reset and reused.
+            out.reserve(raw.len() + raw.len() / 8 + 64);
             let before_out = deflate.total_out();
             let before_in = deflate.total_in();
-            // The spare capacity is a hard cap: output that would not beat storing is dropped.
             let status = deflate.compress_vec(raw, out, FlushCompress::Full);
             let produced = (deflate.total_out() - before_out) as usize;
             let consumed = (deflate.total_in() - before_in) as usize;
-            let finished = matches!(status, Ok(Status::Ok))
-                && consumed == raw.len()
-                && out.ends_with(&[0, 0, 0xff, 0xff]);
-            if finished && produced < budget {
+            let flushed = matches!(status, Ok(Status::Ok)) && consumed == raw.len() && out.ends_with(&[0, 0, 0xff, 0xff]);
+            if !flushed {
+                // Never reuse a compressor left mid-stream: start a fresh one.
+                *deflate = Compress::new(Compression::new(self.level.min(9)), false);
+            } else if produced < budget {
                 return produced;
             }
-            // Too big or not flushed within the buffer: start over from a clean state.
             out.truncate(start);
-            deflate.reset();
         }
         store_piece(raw, out);
         out.len() - start
