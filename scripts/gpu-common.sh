@@ -36,7 +36,7 @@ find_test_executables() {
             esac
         done < <(cargo_test_executables)
     elif [ -x "$BIN_DIR/pixelrts-lib-tests" ] && [ -x "$BIN_DIR/pixelrts-gpu-tests" ]; then
-        echo "== no cargo: using the prebuilt test executables in $BIN_DIR"
+        echo "== using the prebuilt test executables in $BIN_DIR"
         LIB_TEST="$BIN_DIR/pixelrts-lib-tests"
         GPU_TEST="$BIN_DIR/pixelrts-gpu-tests"
     else

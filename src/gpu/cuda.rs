@@ -264,7 +264,7 @@ impl Gpu {
             }
         }
         let table_ptr = state.tables.device_ptr();
-        let per_chunk = (CHUNK_BYTES / tile_bytes).max(1);
+        let per_chunk = (CHUNK_BYTES / tile_bytes).max(1).min(jobs.len());
         state.ensure_lanes(&self.ctx, per_chunk * tile_bytes, per_chunk)?;
         let chunks: Vec<Range<usize>> = (0..jobs.len())
             .step_by(per_chunk)
