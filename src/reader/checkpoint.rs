@@ -615,15 +615,45 @@ impl BlobPacker {
     }
 
     fn pack<'a>(&'a mut self, raw: &'a [u8]) -> (&'a [u8], bool) {
+        // Room for the worst case, so that deflate always finishes: with zlib-rs 0.6.8, a
+        // level-1 stream whose `Finish` ran out of output space and was then `reset()`
+        // panics on its next use ("buf.len() must fit in remaining()").
+        self.buf.resize(raw.len() + raw.len() / 8 + 1024, 0);
         let limit = raw.len() - raw.len() / 16;
-        self.buf.resize(limit, 0);
-        self.c.reset();
-        match self.c.compress(raw, &mut self.buf, FlushCompress::Finish) {
-            Ok(Status::StreamEnd) if raw.len() >= 64 => {
-                let n = self.c.total_out() as usize;
-                (&self.buf[..n], true)
+        // Probe: if the first 4 KiB of the window and the last 4 KiB (row state) do not
+        // compress, do not spend time on the rest (random data).
+        let probe = 4096.min(raw.len() / 2);
+        let mut squeezable = false;
+        for part in [&raw[..probe], &raw[raw.len() - probe..]] {
+            self.c.reset();
+            let done = matches!(
+                self.c.compress(part, &mut self.buf, FlushCompress::Finish),
+                Ok(Status::StreamEnd)
+            );
+            if !done {
+                self.c = Compress::new(Compression::fast(), false);
+                return (raw, false);
             }
-            _ => (raw, false),
+            squeezable |= (self.c.total_out() as usize) < part.len() - part.len() / 8;
+        }
+        if !squeezable {
+            return (raw, false);
+        }
+        self.c.reset();
+        let done = matches!(
+            self.c.compress(raw, &mut self.buf, FlushCompress::Finish),
+            Ok(Status::StreamEnd)
+        );
+        if !done {
+            // Never reuse an unfinished stream (see above).
+            self.c = Compress::new(Compression::fast(), false);
+            return (raw, false);
+        }
+        let n = self.c.total_out() as usize;
+        if n < limit {
+            (&self.buf[..n], true)
+        } else {
+            (raw, false)
         }
     }
 }

@@ -42,38 +42,54 @@ impl RowUnfilter {
     /// taken there. Returns `None` if the snapshot has the wrong length or a bad filter byte.
     pub fn resume(bpr: usize, pos: u64, snapshot: &[u8]) -> Option<Self> {
         let stride = bpr as u64 + 1;
-        let row = pos / stride;
-        let col = (pos % stride) as usize;
         if snapshot.len() != Self::snapshot_len(bpr, pos) {
             return None;
         }
         let mut s = Self::new(bpr);
-        s.row = row;
-        s.col = col;
-        s.prev.copy_from_slice(&snapshot[..bpr]);
-        if col > 0 {
-            s.filter = snapshot[bpr];
-            if s.filter > 4 {
-                return None;
-            }
-            s.cur[..col - 1].copy_from_slice(&snapshot[bpr + 1..]);
+        s.row = pos / stride;
+        s.col = (pos % stride) as usize;
+        if s.col == 0 {
+            s.prev.copy_from_slice(snapshot);
+            return Some(s);
         }
+        let x0 = s.col - 1;
+        let lo = x0.saturating_sub(BPP);
+        let (filter, rest) = snapshot.split_first()?;
+        let (cur, prev) = rest.split_at(x0);
+        s.filter = *filter;
+        if s.filter > 4 {
+            return None;
+        }
+        s.cur[..x0].copy_from_slice(cur);
+        // prev[..lo] is never read again: the rest of this row reads prev[x] and
+        // prev[x - 4] for x >= x0 only, and the next row uses `cur` as its `prev`.
+        s.prev[lo..].copy_from_slice(prev);
         Some(s)
     }
 
     /// Length of a snapshot taken at filtered-stream position `pos`.
     pub fn snapshot_len(bpr: usize, pos: u64) -> usize {
         let col = (pos % (bpr as u64 + 1)) as usize;
-        bpr + col
+        if col == 0 {
+            bpr
+        } else {
+            let x0 = col - 1;
+            1 + x0 + (bpr - x0.saturating_sub(BPP))
+        }
     }
 
-    /// Appends the state needed to resume here: the previous unfiltered row, then, inside a
-    /// row, its filter byte and the unfiltered bytes of the row so far.
+    /// Appends the state needed to resume here: at a row start the previous unfiltered
+    /// row; inside a row its filter byte, its unfiltered bytes so far, and the part of the
+    /// previous row that the rest of the row still needs (from 4 bytes before the
+    /// current position), i.e. about one row in all.
     pub fn snapshot(&self, dst: &mut Vec<u8>) {
-        dst.extend_from_slice(&self.prev);
-        if self.col > 0 {
+        if self.col == 0 {
+            dst.extend_from_slice(&self.prev);
+        } else {
+            let x0 = self.col - 1;
             dst.push(self.filter);
-            dst.extend_from_slice(&self.cur[..self.col - 1]);
+            dst.extend_from_slice(&self.cur[..x0]);
+            dst.extend_from_slice(&self.prev[x0.saturating_sub(BPP)..]);
         }
     }
 
