@@ -474,52 +474,99 @@ fn cache_roundtrip_stale_and_corrupt() {
         assert!(matches!(st, CacheStatus::Rebuilt(_)), "{st:?}");
     }
 
-    // The file changes after indexing, same size: a different cache key, so the old index
-    // is never used; and an old index placed under the new key is rejected as stale.
-    let old_index = fs::read(&cache_file).unwrap();
-    let pixels2 = test_pixels(w, h, 78);
-    let path2 = dir.path().join("img2.png");
-    write_png(&path2, w, h, &pixels2, Some(8192));
-    let mut new_bytes = fs::read(&path2).unwrap();
-    let old_len = fs::metadata(&path).unwrap().len() as usize;
-    // Same size as before: pad or cut with an ancillary chunk before IEND.
-    if new_bytes.len() + 12 <= old_len {
-        let pad = old_len - new_bytes.len() - 12;
-        let iend = new_bytes.split_off(new_bytes.len() - 12);
-        new_bytes.extend_from_slice(&(pad as u32).to_be_bytes());
-        new_bytes.extend_from_slice(b"zzPD");
-        let body = vec![b' '; pad];
-        new_bytes.extend_from_slice(&body);
-        new_bytes.extend_from_slice(
-            &crc32fast::hash(&[b"zzPD".as_slice(), &body].concat()).to_be_bytes(),
-        );
-        new_bytes.extend_from_slice(&iend);
-    }
-    let same_size = new_bytes.len() == old_len;
-    fs::write(&path, &new_bytes).unwrap();
-    let (idx3, st) = CheckpointIndex::load_or_build(&path, Some(&cache), 8192).unwrap();
+    // The file changes after indexing, same size (stored deflate blocks: the size depends
+    // only on the dimensions): a different cache key, so the old index is never used; and
+    // an old index placed under the new key is rejected as stale.
+    let stored = dir.path().join("stored.png");
+    write_stored_png(&stored, w, h, &pixels);
+    let (old, st) = CheckpointIndex::load_or_build(&stored, Some(&cache), 8192).unwrap();
     assert_eq!(st, CacheStatus::Built);
-    assert_ne!(idx3.cache_file_name(), idx.cache_file_name());
-    assert_eq!(
-        same_size,
-        fs::metadata(&path).unwrap().len() as usize == old_len
-    );
-    let file = File::open(&path).unwrap();
-    check_random_reads(&idx3, &file, &pixels2, 50, 2);
+    let old_index = fs::read(cache.join(old.cache_file_name())).unwrap();
+    let old_len = fs::metadata(&stored).unwrap().len();
+    let pixels2 = test_pixels(w, h, 78);
+    write_stored_png(&stored, w, h, &pixels2);
+    assert_eq!(fs::metadata(&stored).unwrap().len(), old_len);
+    let (new, st) = CheckpointIndex::load_or_build(&stored, Some(&cache), 8192).unwrap();
+    assert_eq!(st, CacheStatus::Built);
+    assert_ne!(new.cache_file_name(), old.cache_file_name());
+    let file = File::open(&stored).unwrap();
+    check_random_reads(&new, &file, &pixels2, 50, 2);
     // The old index under the new key: stale, rebuilt.
-    fs::write(cache.join(idx3.cache_file_name()), &old_index).unwrap();
-    let (idx4, st) = CheckpointIndex::load_or_build(&path, Some(&cache), 8192).unwrap();
+    fs::write(cache.join(new.cache_file_name()), &old_index).unwrap();
+    let (idx4, st) = CheckpointIndex::load_or_build(&stored, Some(&cache), 8192).unwrap();
     assert!(
         matches!(st, CacheStatus::Rebuilt(ref r) if r.contains("stale")),
         "{st:?}"
     );
     check_random_reads(&idx4, &file, &pixels2, 50, 3);
-    // And the old in-memory index on the new file: errors, never old or wrong data.
-    let mut out = vec![0u8; idx.row_bytes() * h as usize];
-    match idx.read_rows(&file, 0, h, &mut out) {
-        Err(_) => {}
-        Ok(()) => panic!("old index served data from a changed file"),
-    }
+    // The old in-memory index on the changed file: errors, never old or wrong data.
+    let mut out = vec![0u8; old.row_bytes() * h as usize];
+    assert!(old.read_rows(&file, 0, h, &mut out).is_err());
+}
+
+/// An RGBA PNG of stored deflate blocks (its size depends only on the dimensions).
+fn write_stored_png(path: &Path, w: u32, h: u32, px: &[u8]) {
+    let f = BufWriter::new(File::create(path).unwrap());
+    let mut enc = png::Encoder::new(f, w, h);
+    enc.set_color(png::ColorType::Rgba);
+    enc.set_depth(png::BitDepth::Eight);
+    enc.set_compression(png::Compression::NoCompression);
+    let mut writer = enc.write_header().unwrap();
+    writer.write_image_data(px).unwrap();
+    writer.finish().unwrap();
+}
+
+#[test]
+fn changed_middle_with_restored_mtime_is_caught_on_read() {
+    // Same size, same inode, same mtime, same first and last 64 KiB: the cache key matches
+    // and the old index is loaded, but the per-block CRCs of the index catch the change.
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let (w, h) = (256, 512);
+    let pixels = test_pixels(w, h, 31);
+    let path = dir.path().join("m.png");
+    write_stored_png(&path, w, h, &pixels);
+    let (idx, _) = CheckpointIndex::load_or_build(&path, Some(&cache), 8192).unwrap();
+    let meta = fs::metadata(&path).unwrap();
+    let mid = meta.len() / 2;
+    let f = fs::OpenOptions::new().write(true).open(&path).unwrap();
+    let mut b = [0u8; 1];
+    File::open(&path)
+        .unwrap()
+        .read_exact_at(&mut b, mid)
+        .unwrap();
+    f.write_all_at(&[b[0] ^ 0x55], mid).unwrap();
+    drop(f);
+    set_mtime(&path, &meta);
+    let (idx2, st) = CheckpointIndex::load_or_build(&path, Some(&cache), 8192).unwrap();
+    assert_eq!(st, CacheStatus::Loaded);
+    assert_eq!(idx2.cache_file_name(), idx.cache_file_name());
+    let file = File::open(&path).unwrap();
+    let mut out = vec![0u8; idx2.row_bytes() * h as usize];
+    let err = idx2.read_rows(&file, 0, h, &mut out).unwrap_err();
+    assert!(matches!(err, CheckpointError::DataChanged { .. }), "{err}");
+    // Rows before the damaged block still read correctly.
+    let bpr = idx2.row_bytes();
+    idx2.read_rows(&file, 0, 4, &mut out[..4 * bpr]).unwrap();
+    assert!(out[..4 * bpr] == pixels[..4 * bpr]);
+}
+
+fn set_mtime(path: &Path, meta: &fs::Metadata) {
+    use std::os::unix::fs::MetadataExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    let ts = [
+        libc::timespec {
+            tv_sec: meta.atime(),
+            tv_nsec: meta.atime_nsec(),
+        },
+        libc::timespec {
+            tv_sec: meta.mtime(),
+            tv_nsec: meta.mtime_nsec(),
+        },
+    ];
+    // SAFETY: valid NUL-terminated path and two timespecs.
+    let r = unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), ts.as_ptr(), 0) };
+    assert_eq!(r, 0);
 }
 
 #[test]
