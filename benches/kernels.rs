@@ -19,7 +19,12 @@ fn pseudo_random(n: usize) -> Vec<u8> {
 }
 
 fn text(n: usize) -> Vec<u8> {
-    b"the quick brown fox jumps over the lazy dog; pixels along a hilbert curve\n".iter().copied().cycle().take(n).collect()
+    b"the quick brown fox jumps over the lazy dog; pixels along a hilbert curve\n"
+        .iter()
+        .copied()
+        .cycle()
+        .take(n)
+        .collect()
 }
 
 fn hilbert(c: &mut Criterion) {
@@ -30,25 +35,37 @@ fn hilbert(c: &mut Criterion) {
     let mut tile = vec![0u8; payload.len()];
     let mut g = c.benchmark_group("hilbert_tile_256");
     g.throughput(Throughput::Bytes(payload.len() as u64));
-    g.bench_function("scatter", |b| b.iter(|| scatter_tile(&positions, &payload, &mut tile)));
+    g.bench_function("scatter", |b| {
+        b.iter(|| scatter_tile(&positions, &payload, &mut tile))
+    });
     let mut back = vec![0u8; payload.len()];
-    g.bench_function("gather", |b| b.iter(|| gather_tile(&positions, &tile, &mut back)));
+    g.bench_function("gather", |b| {
+        b.iter(|| gather_tile(&positions, &tile, &mut back))
+    });
     g.finish();
 }
 
 fn pieces(c: &mut Criterion) {
     let mut g = c.benchmark_group("piece_1KiB");
-    for (name, data) in [("random", pseudo_random(1024)), ("text", text(1024)), ("zeros", vec![0u8; 1024])] {
+    for (name, data) in [
+        ("random", pseudo_random(1024)),
+        ("text", text(1024)),
+        ("zeros", vec![0u8; 1024]),
+    ] {
         g.throughput(Throughput::Bytes(1024));
         for level in [1u32, 6] {
             let mut compressor = PieceCompressor::new(level);
             let mut out = Vec::with_capacity(2048);
-            g.bench_with_input(BenchmarkId::new(format!("deflate_l{level}"), name), &data, |b, d| {
-                b.iter(|| {
-                    out.clear();
-                    compressor.compress(d, &mut out)
-                })
-            });
+            g.bench_with_input(
+                BenchmarkId::new(format!("deflate_l{level}"), name),
+                &data,
+                |b, d| {
+                    b.iter(|| {
+                        out.clear();
+                        compressor.compress(d, &mut out)
+                    })
+                },
+            );
         }
         let mut compressed = Vec::new();
         PieceCompressor::new(1).compress(&data, &mut compressed);

@@ -13,6 +13,7 @@ use serde_json::{Map, Value};
 
 use pixelrts::decode::{self, DecodeOptions};
 use pixelrts::encode::{self, EncodeOptions};
+use pixelrts::gpu::{Gpu, GpuMode};
 use pixelrts::Mode;
 
 /// Exit status for a verification that ran and failed (`verify`).
@@ -55,6 +56,9 @@ enum Command {
         after_help = "Examples:\n  pixelrts bench --sizes 1MiB 10MiB --iterations 3\n  pixelrts bench --check-regression --threshold 0.10\n  pixelrts bench --check-regression --baseline benches/baseline.jsonl"
     )]
     Bench(bench_cmd::BenchArgs),
+    /// Report what this machine offers: GPU, FUSE, cores, cache directory.
+    #[command(after_help = "Example:\n  pixelrts doctor --json")]
+    Doctor(DoctorArgs),
     /// Render the benchmark history as one self-contained HTML page.
     #[command(
         after_help = "Example:\n  pixelrts dashboard --results-dir benchmark_results --output dashboard.html"
@@ -104,6 +108,9 @@ struct EncodeArgs {
     /// Print the resulting metadata as JSON.
     #[arg(long)]
     json: bool,
+    /// GPU use: auto (only where present and measured to win), on (fail if no usable GPU), off.
+    #[arg(long, default_value = "auto")]
+    gpu: GpuMode,
 }
 
 #[derive(Args, Debug)]
@@ -119,6 +126,19 @@ struct DecodeArgs {
     #[arg(long)]
     force: bool,
     /// Worker threads [default: all cores].
+    #[arg(long)]
+    threads: Option<usize>,
+    /// GPU use: auto (only where present and measured to win), on (fail if no usable GPU), off.
+    #[arg(long, default_value = "auto")]
+    gpu: GpuMode,
+}
+
+#[derive(Args, Debug)]
+struct DoctorArgs {
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+    /// Threads that would be used [default: all cores].
     #[arg(long)]
     threads: Option<usize>,
 }
@@ -183,6 +203,15 @@ fn dispatch(command: Command) -> anyhow::Result<i32> {
         Command::Verify(a) => cmd_verify(a),
         Command::Bench(a) => bench_cmd::cmd_bench(a),
         Command::Dashboard(a) => bench_cmd::cmd_dashboard(a),
+        Command::Doctor(a) => {
+            let report = pixelrts::doctor::doctor_report(a.threads.unwrap_or(0));
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{report}");
+            }
+            Ok(0)
+        }
     }
 }
 
@@ -214,7 +243,17 @@ fn user_metadata(a: &EncodeArgs) -> anyhow::Result<Map<String, Value>> {
     Ok(m)
 }
 
+/// Applies `--gpu`: `on` fails here, with the reason, when no usable GPU is present. The tile
+/// mapping itself runs on the CPU until the GPU path is measured to win (`gpu::AUTO_GPU_MIN_BYTES`).
+fn check_gpu(mode: GpuMode) -> anyhow::Result<()> {
+    if mode == GpuMode::On {
+        Gpu::open(GpuMode::On)?;
+    }
+    Ok(())
+}
+
 fn cmd_encode(a: EncodeArgs) -> anyhow::Result<i32> {
+    check_gpu(a.gpu)?;
     let output = a
         .output
         .clone()
@@ -259,6 +298,7 @@ fn cmd_encode(a: EncodeArgs) -> anyhow::Result<i32> {
 }
 
 fn cmd_decode(a: DecodeArgs) -> anyhow::Result<i32> {
+    check_gpu(a.gpu)?;
     let to_stdout = a.output.as_deref() == Some(Path::new("-"));
     let output = a
         .output

@@ -56,7 +56,9 @@ impl PieceCompressor {
             let status = deflate.compress_vec(raw, out, FlushCompress::Full);
             let produced = (deflate.total_out() - before_out) as usize;
             let consumed = (deflate.total_in() - before_in) as usize;
-            let flushed = matches!(status, Ok(Status::Ok)) && consumed == raw.len() && out.ends_with(&[0, 0, 0xff, 0xff]);
+            let flushed = matches!(status, Ok(Status::Ok))
+                && consumed == raw.len()
+                && out.ends_with(&[0, 0, 0xff, 0xff]);
             if !flushed {
                 // Never reuse a compressor left mid-stream: start a fresh one.
                 *deflate = Compress::new(Compression::new(self.level.min(9)), false);
