@@ -248,3 +248,20 @@ mod tests {
         assert_eq!(n, raw.len() + STORED_OVERHEAD);
     }
 }
+#[cfg(test)]
+mod compressible_pieces {
+    #[test]
+    fn text_piece_shrinks() {
+        let raw: Vec<u8> = b"the quick brown fox jumps over the lazy dog "
+            .iter()
+            .copied()
+            .cycle()
+            .take(1024)
+            .collect();
+        let mut c = super::PieceCompressor::new(1);
+        let mut out = vec![];
+        let n1 = c.compress(&raw, &mut out);
+        let n2 = c.compress(&raw, &mut out);
+        assert!(n1 < 200 && n2 < 200);
+    }
+}
