@@ -188,8 +188,6 @@ fn encode_with<W: Write + Seek + Send>(
 struct TileJob<'a> {
     place: TilePlace,
     payload: &'a [u8],
-    /// Pixels of the tile that carry data (the rest of the tile is zero).
-    data_pixels: u64,
     kind: TileKind,
 }
 
@@ -374,12 +372,10 @@ fn encode_core<W: Write + Seek + Send>(
                     } else {
                         &data[start as usize..(start + tile_bytes).min(n) as usize]
                     };
-                    let data_pixels = (payload.len() as u64).div_ceil(4);
                     let kind = classify(payload, level);
                     TileJob {
                         place,
                         payload,
-                        data_pixels,
                         kind,
                     }
                 })
@@ -581,54 +577,81 @@ fn encode_group(
         return out;
     }
     let locals = tables.locals(&job.place);
-    let payload = job.payload;
+    let row_len = 4 * side + filter_byte;
     for row in first_row..first_row + rows {
-        raw.clear();
-        if filter_byte == 1 {
-            raw.push(0);
-        }
         let row_locals = &locals[row as usize * side..(row as usize + 1) * side];
-        let whole_pixels = payload.len() / 4;
-        for &local in row_locals {
-            let local = local as usize;
-            let mut pixel = [0u8; 4];
-            if local < whole_pixels {
-                pixel.copy_from_slice(&payload[4 * local..4 * local + 4]);
-            } else if (local as u64) < job.data_pixels {
-                let tail = &payload[4 * local..];
-                pixel[..tail.len()].copy_from_slice(tail);
+        // Stored tiles are gathered straight behind their stored-block header: one copy less.
+        let stored = job.kind == TileKind::Stored;
+        let start = out.bytes.len();
+        let (buf, at) = if stored {
+            let len = row_len as u16;
+            out.bytes.push(0x00);
+            out.bytes.extend_from_slice(&len.to_le_bytes());
+            out.bytes.extend_from_slice(&(!len).to_le_bytes());
+            (
+                &mut out.bytes,
+                start + crate::format::segment::STORED_OVERHEAD,
+            )
+        } else {
+            raw.clear();
+            (&mut *raw, 0)
+        };
+        buf.resize(at + row_len, 0);
+        gather_row(
+            &mut buf[at + filter_byte..],
+            row_locals,
+            job.payload,
+            draw_code,
+        );
+        let piece_raw = &buf[at..];
+        out.crc.update(&piece_raw[filter_byte..]);
+        out.adlers.push(adler32(piece_raw));
+        out.raw_lens.push(row_len as u32);
+        let len = if stored {
+            out.bytes.len() - start
+        } else if raw.iter().all(|&b| b == 0) {
+            let piece = if column == 0 {
+                &zeros.first
             } else {
-                raw.extend_from_slice(&pixel);
-                continue;
-            }
-            if draw_code {
-                pixel = code_pixel(pixel);
-            }
-            raw.extend_from_slice(&pixel);
-        }
-        out.crc.update(&raw[filter_byte..]);
-        out.adlers.push(adler32(raw));
-        out.raw_lens.push(raw.len() as u32);
-        let len = match job.kind {
-            TileKind::Stored => {
-                let start = out.bytes.len();
-                crate::format::segment::store_piece(raw, &mut out.bytes);
-                out.bytes.len() - start
-            }
-            _ if raw.iter().all(|&b| b == 0) => {
-                let piece = if column == 0 {
-                    &zeros.first
-                } else {
-                    &zeros.other
-                };
-                out.bytes.extend_from_slice(piece);
-                piece.len()
-            }
-            _ => compressor.compress(raw, &mut out.bytes),
+                &zeros.other
+            };
+            out.bytes.extend_from_slice(piece);
+            piece.len()
+        } else {
+            compressor.compress(raw, &mut out.bytes)
         };
         out.piece_lens.push(len as u32);
     }
     out
+}
+
+/// One tile-wide scanline: pixel `x` is payload pixel `row_locals[x]` (zero past the data),
+/// drawn as code when asked.
+fn gather_row(dst: &mut [u8], row_locals: &[u32], payload: &[u8], draw_code: bool) {
+    let whole = payload.len() / 4;
+    let full_tile = row_locals.iter().all(|&l| (l as usize) < whole);
+    if full_tile && !draw_code {
+        for (pixel, &local) in dst.chunks_exact_mut(4).zip(row_locals) {
+            let l = 4 * local as usize;
+            pixel.copy_from_slice(&payload[l..l + 4]);
+        }
+        return;
+    }
+    let data_pixels = payload.len().div_ceil(4);
+    for (pixel, &local) in dst.chunks_exact_mut(4).zip(row_locals) {
+        let l = local as usize;
+        let mut p = [0u8; 4];
+        if l < whole {
+            p.copy_from_slice(&payload[4 * l..4 * l + 4]);
+        } else if l < data_pixels {
+            let tail = &payload[4 * l..];
+            p[..tail.len()].copy_from_slice(tail);
+        } else {
+            pixel.copy_from_slice(&p);
+            continue;
+        }
+        pixel.copy_from_slice(&if draw_code { code_pixel(p) } else { p });
+    }
 }
 
 fn write_zeros<W: Write>(out: &mut W, mut n: u64) -> std::io::Result<()> {
