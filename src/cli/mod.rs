@@ -367,7 +367,16 @@ fn cmd_info(a: InfoArgs) -> anyhow::Result<i32> {
 }
 
 fn cmd_verify(a: VerifyArgs) -> anyhow::Result<i32> {
-    let report = decode::verify_file(&a.input, a.threads)?;
+    let report = match decode::verify_file(&a.input, a.threads) {
+        Ok(r) => r,
+        // Damaged pixel data is a payload that does not match: exit 1, like a hash mismatch.
+        Err(e @ pixelrts::Error::Corrupt { .. }) => {
+            eprintln!("error: {e}");
+            println!("{}: FAILED", a.input.display());
+            return Ok(EXIT_MISMATCH);
+        }
+        Err(e) => return Err(e.into()),
+    };
     if report.ok() {
         println!(
             "{}: OK ({} bytes, sha256 {})",
