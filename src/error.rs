@@ -64,22 +64,40 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     pub fn io(path: impl AsRef<Path>, source: io::Error) -> Self {
-        Error::Io { path: path.as_ref().to_path_buf(), source }
+        Error::Io {
+            path: path.as_ref().to_path_buf(),
+            source,
+        }
     }
     pub fn not_png(path: impl AsRef<Path>, reason: impl Into<String>) -> Self {
-        Error::NotPng { path: path.as_ref().to_path_buf(), reason: reason.into() }
+        Error::NotPng {
+            path: path.as_ref().to_path_buf(),
+            reason: reason.into(),
+        }
     }
     pub fn unsupported(path: impl AsRef<Path>, reason: impl Into<String>) -> Self {
-        Error::UnsupportedImage { path: path.as_ref().to_path_buf(), reason: reason.into() }
+        Error::UnsupportedImage {
+            path: path.as_ref().to_path_buf(),
+            reason: reason.into(),
+        }
     }
     pub fn bad_metadata(path: impl AsRef<Path>, reason: impl Into<String>) -> Self {
-        Error::BadMetadata { path: path.as_ref().to_path_buf(), reason: reason.into() }
+        Error::BadMetadata {
+            path: path.as_ref().to_path_buf(),
+            reason: reason.into(),
+        }
     }
     pub fn corrupt(path: impl AsRef<Path>, reason: impl Into<String>) -> Self {
-        Error::Corrupt { path: path.as_ref().to_path_buf(), reason: reason.into() }
+        Error::Corrupt {
+            path: path.as_ref().to_path_buf(),
+            reason: reason.into(),
+        }
     }
     pub fn limit(path: impl AsRef<Path>, reason: impl Into<String>) -> Self {
-        Error::LimitExceeded { path: path.as_ref().to_path_buf(), reason: reason.into() }
+        Error::LimitExceeded {
+            path: path.as_ref().to_path_buf(),
+            reason: reason.into(),
+        }
     }
 
     /// The errno a filesystem should answer with for this error.

@@ -21,7 +21,10 @@ impl MappedInput {
         let file = File::open(path).at(path)?;
         let meta = file.metadata().at(path)?;
         if meta.is_dir() {
-            return Err(Error::io(path, io::Error::new(io::ErrorKind::IsADirectory, "is a directory")));
+            return Err(Error::io(
+                path,
+                io::Error::new(io::ErrorKind::IsADirectory, "is a directory"),
+            ));
         }
         if meta.len() == 0 {
             return Ok((file, MappedInput { map: None }));
@@ -86,28 +89,48 @@ pub struct AtomicOutput {
 impl AtomicOutput {
     pub fn create(target: &Path, overwrite: bool) -> Result<Self> {
         if !overwrite && target.symlink_metadata().is_ok() {
-            return Err(Error::OutputExists { path: target.to_path_buf() });
+            return Err(Error::OutputExists {
+                path: target.to_path_buf(),
+            });
         }
         let dir = match target.parent() {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "out".into());
+        let name = target
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "out".into());
         for attempt in 0..100u32 {
-            let temp = dir.join(format!(".{name}.pixelrts-tmp.{}.{attempt}", std::process::id()));
-            match OpenOptions::new().write(true).read(true).create_new(true).open(&temp) {
+            let temp = dir.join(format!(
+                ".{name}.pixelrts-tmp.{}.{attempt}",
+                std::process::id()
+            ));
+            match OpenOptions::new()
+                .write(true)
+                .read(true)
+                .create_new(true)
+                .open(&temp)
+            {
                 Ok(file) => {
-                    return Ok(AtomicOutput { file, temp, target: target.to_path_buf(), committed: false });
+                    return Ok(AtomicOutput {
+                        file,
+                        temp,
+                        target: target.to_path_buf(),
+                        committed: false,
+                    });
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
                 Err(e) => return Err(Error::io(target, e)),
             }
         }
-        Err(Error::io(target, io::Error::new(io::ErrorKind::AlreadyExists, "could not create a temporary file")))
-    }
-
-    pub fn target(&self) -> &Path {
-        &self.target
+        Err(Error::io(
+            target,
+            io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "could not create a temporary file",
+            ),
+        ))
     }
 
     /// Optionally fsyncs, then renames into place (replacing an existing file only when the

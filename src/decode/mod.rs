@@ -1,1 +1,581 @@
-//! decode
+//! Decoding: any PixelRTS PNG → its original bytes.
+//!
+//! [`Container::open`] reads only chunk headers, the metadata and the index. The payload then
+//! comes from one of three places: the base64 text of a code-mode file, the pixels of a file
+//! with our seekable index (tiles inflated in parallel, in payload order), or the pixels of any
+//! other PNG (one sequential pass with the `png` crate, scanlines gathered per stripe of tiles).
+//! Every path streams, and `--verify` hashes alongside.
+
+mod seekable;
+mod sequential;
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::sync_channel;
+
+use rayon::prelude::*;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+pub use seekable::{SeekableImage, TileScratch};
+
+use crate::encode::{hex, Progress};
+use crate::error::{Error, IoContext, Result};
+use crate::format::metadata::{self, B64Source, Metadata, MetadataSource};
+use crate::format::png::{read_ihdr, ChunkHeader, ChunkWalker};
+use crate::io_util::AtomicOutput;
+
+/// How to decode.
+#[derive(Clone, Default)]
+pub struct DecodeOptions {
+    /// Check the SHA-256 of the result against `data_hash`.
+    pub verify: bool,
+    /// Replace an existing output.
+    pub overwrite: bool,
+    pub threads: Option<usize>,
+    pub progress: Option<Progress>,
+}
+
+/// What a decode produced.
+#[derive(Clone, Debug)]
+pub struct DecodeReport {
+    pub bytes: u64,
+    /// SHA-256 of the output (hex).
+    pub sha256: String,
+    pub metadata: Map<String, Value>,
+}
+
+/// An opened container: geometry, metadata, and where the payload is.
+pub struct Container {
+    pub path: PathBuf,
+    pub file: File,
+    pub grid: u64,
+    pub metadata: Metadata,
+    pub seekable: Option<SeekableImage>,
+    pub first_idat: Option<ChunkHeader>,
+    /// A sidecar that disagrees with the PNG's own metadata (the PNG wins).
+    pub sidecar_conflict: Option<String>,
+}
+
+impl Container {
+    pub fn open(path: &Path) -> Result<Self> {
+        let file = File::open(path).at(path)?;
+        if file.metadata().at(path)?.is_dir() {
+            return Err(Error::io(
+                path,
+                std::io::Error::new(std::io::ErrorKind::IsADirectory, "is a directory"),
+            ));
+        }
+        let mut walker = ChunkWalker::new(&file, path)?;
+        let ihdr = read_ihdr(&mut walker, path)?;
+        let grid = ihdr.pixelrts_grid(path)?;
+        if grid > crate::format::MAX_GRID {
+            return Err(Error::unsupported(
+                path,
+                format!(
+                    "image side {grid} exceeds the supported maximum {}",
+                    crate::format::MAX_GRID
+                ),
+            ));
+        }
+        let mut found: Option<(Map<String, Value>, Option<B64Source>, MetadataSource)> = None;
+        let mut index_chunk = None;
+        let mut first_idat = None;
+        let mut saw_iend = false;
+        for chunk in walker.by_ref() {
+            let chunk = chunk?;
+            match &chunk.kind {
+                b"IDAT" => {
+                    if first_idat.is_none() {
+                        first_idat = Some(chunk);
+                    }
+                    if found.is_some() {
+                        break;
+                    }
+                }
+                b"tEXt" | b"zTXt" | b"iTXt" if found.is_none() => {
+                    if let Some((map, b64)) = metadata::read_text_chunk(&file, path, &chunk)? {
+                        found = Some((
+                            map,
+                            b64,
+                            MetadataSource::Chunk {
+                                kind: chunk.kind_str(),
+                                offset: chunk.offset,
+                            },
+                        ));
+                    }
+                }
+                b"rtIX" if first_idat.is_none() => index_chunk = Some(chunk),
+                b"IEND" => saw_iend = true,
+                _ => {}
+            }
+        }
+        let _ = saw_iend;
+        let first_idat_chunk = first_idat;
+        let mut sidecar_conflict = None;
+        let (map, b64, source) = match found {
+            Some(f) => {
+                for candidate in metadata::sidecar_candidates(path) {
+                    if let Ok(side) = metadata::read_sidecar(&candidate) {
+                        for key in ["data_hash", "data_size", "grid_size"] {
+                            if side.get(key).is_some() && side.get(key) != f.0.get(key) {
+                                sidecar_conflict = Some(format!(
+                                    "sidecar {} disagrees on {key} ({} vs {} in the PNG); using the PNG",
+                                    candidate.display(),
+                                    side[key],
+                                    f.0.get(key).cloned().unwrap_or(Value::Null)
+                                ));
+                            }
+                        }
+                        break;
+                    }
+                }
+                f
+            }
+            None => {
+                let sidecar = metadata::sidecar_candidates(path)
+                    .into_iter()
+                    .find(|p| p.is_file());
+                match sidecar {
+                    Some(p) => (
+                        metadata::read_sidecar(&p)?,
+                        None,
+                        MetadataSource::Sidecar(p),
+                    ),
+                    None => {
+                        return Err(Error::NoMetadata {
+                            path: path.to_path_buf(),
+                        })
+                    }
+                }
+            }
+        };
+        let metadata = Metadata::from_map(path, map, b64, source, grid)?;
+        let seekable = match (index_chunk, first_idat_chunk) {
+            (Some(index), Some(idat)) if metadata.b64.is_none() => {
+                let image = SeekableImage::open(path, &file, grid, &index, &idat)?;
+                if image.header.payload_size != metadata.pixel_payload_size {
+                    return Err(Error::corrupt(
+                        path,
+                        format!(
+                            "index covers {} bytes but metadata says {}",
+                            image.header.payload_size, metadata.pixel_payload_size
+                        ),
+                    ));
+                }
+                Some(image)
+            }
+            _ => None,
+        };
+        if metadata.b64.is_none() && first_idat_chunk.is_none() {
+            return Err(Error::corrupt(
+                path,
+                "no IDAT chunk: the image has no pixel data",
+            ));
+        }
+        Ok(Container {
+            path: path.to_path_buf(),
+            file,
+            grid,
+            metadata,
+            seekable,
+            first_idat: first_idat_chunk,
+            sidecar_conflict,
+        })
+    }
+
+    /// A JSON summary for `pixelrts info`.
+    pub fn info(&self) -> Value {
+        let mut info = Map::new();
+        info.insert("file".into(), self.path.display().to_string().into());
+        info.insert("grid_size".into(), self.grid.into());
+        info.insert("data_size".into(), self.metadata.data_size.into());
+        info.insert("encoding".into(), self.metadata.mode.encoding_type().into());
+        info.insert("seekable".into(), self.seekable.is_some().into());
+        if let Some(s) = &self.seekable {
+            let h = &s.header;
+            info.insert(
+                "segments".into(),
+                serde_json::json!({
+                    "tile_side": h.tile_side(),
+                    "tiles": h.tile_count(),
+                    "stripes": h.tiles_per_side(),
+                    "pieces": h.tiles_per_side() * h.pieces_per_stripe(),
+                    "piece_bytes": 4 * h.tile_side(),
+                    "idat_chunk_size": h.idat_chunk_size,
+                    "zlib_stream_bytes": h.stream_length,
+                }),
+            );
+        }
+        let source = match &self.metadata.source {
+            MetadataSource::Chunk { kind, offset } => format!("{kind} chunk at offset {offset}"),
+            MetadataSource::Sidecar(p) => format!("sidecar {}", p.display()),
+        };
+        info.insert("metadata_source".into(), source.into());
+        if let Some(c) = &self.sidecar_conflict {
+            info.insert("warning".into(), c.clone().into());
+        }
+        info.insert(
+            "metadata".into(),
+            Value::Object(self.metadata.display_map()),
+        );
+        Value::Object(info)
+    }
+}
+
+/// The default output path: INPUT without `.rts.png` (or `.png`), else INPUT + `.decoded`.
+pub fn default_output(input: &Path) -> PathBuf {
+    let s = input.to_string_lossy();
+    for suffix in [".rts.png", ".png"] {
+        if let Some(stem) = s.strip_suffix(suffix) {
+            if !stem.is_empty() && !stem.ends_with('/') {
+                return PathBuf::from(stem);
+            }
+        }
+    }
+    PathBuf::from(format!("{s}.decoded"))
+}
+
+/// Decodes `input` into the file `output` (written atomically; nothing is left under the final
+/// name if decoding or verification fails).
+pub fn decode_file(input: &Path, output: &Path, opts: &DecodeOptions) -> Result<DecodeReport> {
+    let container = Container::open(input)?;
+    let out = AtomicOutput::create(output, opts.overwrite)?;
+    let report = with_threads(opts, || {
+        decode_container(&container, Sink::File(&out.file), opts)
+    })?;
+    out.commit(false)?;
+    Ok(report)
+}
+
+/// Decodes `input` into any writer (standard output, a socket…).
+pub fn decode_to_writer(
+    input: &Path,
+    out: &mut (dyn Write + Send),
+    opts: &DecodeOptions,
+) -> Result<DecodeReport> {
+    let container = Container::open(input)?;
+    with_threads(opts, || {
+        decode_container(&container, Sink::Stream(out), opts)
+    })
+}
+
+/// Decodes PNG bytes held in memory (small files, tests).
+pub fn decode_to_vec(png: &[u8]) -> Result<Vec<u8>> {
+    let mut temp = tempfile::NamedTempFile::new().map_err(|e| Error::io("<temporary file>", e))?;
+    temp.write_all(png).at(temp.path())?;
+    let mut out = Vec::new();
+    decode_to_writer(
+        temp.path(),
+        &mut out,
+        &DecodeOptions {
+            verify: true,
+            ..Default::default()
+        },
+    )?;
+    Ok(out)
+}
+
+/// Whether the payload matches its `data_hash`.
+pub struct VerifyReport {
+    pub expected: String,
+    pub actual: String,
+    pub bytes: u64,
+}
+
+impl VerifyReport {
+    pub fn ok(&self) -> bool {
+        self.expected == self.actual
+    }
+}
+
+/// Decodes without writing anything and compares the hash.
+pub fn verify_file(input: &Path, threads: Option<usize>) -> Result<VerifyReport> {
+    let container = Container::open(input)?;
+    let expected = container
+        .metadata
+        .data_hash
+        .clone()
+        .ok_or_else(|| Error::bad_metadata(input, "no data_hash to verify against"))?;
+    let opts = DecodeOptions {
+        verify: false,
+        threads,
+        ..Default::default()
+    };
+    let mut sink = std::io::sink();
+    let report = with_threads(&opts, || {
+        decode_container(&container, Sink::Stream(&mut sink), &opts)
+    })?;
+    Ok(VerifyReport {
+        expected,
+        actual: report.sha256,
+        bytes: report.bytes,
+    })
+}
+
+fn with_threads<T: Send>(opts: &DecodeOptions, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    match opts.threads {
+        Some(0) => Err(Error::InvalidArgument(
+            "--threads must be at least 1".into(),
+        )),
+        Some(n) => rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build()
+            .map_err(|e| Error::InvalidArgument(format!("cannot start {n} threads: {e}")))?
+            .install(f),
+        None => f(),
+    }
+}
+
+/// Where decoded bytes go.
+pub(crate) enum Sink<'a> {
+    /// A regular file: positional writes are possible.
+    File(&'a File),
+    Stream(&'a mut (dyn Write + Send)),
+}
+
+/// Writes sequentially to a sink while hashing; counts bytes.
+struct HashingWriter<'a> {
+    sink: Sink<'a>,
+    sha: Sha256,
+    written: u64,
+}
+
+impl HashingWriter<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match &mut self.sink {
+            Sink::File(f) => f.write_all_at(bytes, self.written)?,
+            Sink::Stream(w) => w.write_all(bytes)?,
+        }
+        self.sha.update(bytes);
+        self.written += bytes.len() as u64;
+        Ok(())
+    }
+}
+
+fn decode_container(c: &Container, sink: Sink<'_>, opts: &DecodeOptions) -> Result<DecodeReport> {
+    let path = &c.path;
+    let md = &c.metadata;
+    let out_err = |e: std::io::Error| Error::io("<output>", e);
+    let mut writer = HashingWriter {
+        sink,
+        sha: Sha256::new(),
+        written: 0,
+    };
+    if let Some(b64) = &md.b64 {
+        decode_base64(c, b64, &mut writer)?;
+    } else if md.compressed {
+        // The pixels hold a compressed stream: decode it to a temporary file, then inflate it.
+        let temp = tempfile::tempfile().map_err(|e| Error::io("<temporary file>", e))?;
+        let mut inner = HashingWriter {
+            sink: Sink::File(&temp),
+            sha: Sha256::new(),
+            written: 0,
+        };
+        decode_pixels(c, &mut inner, opts)?;
+        decompress_payload(c, &temp, inner.written, &mut writer)?;
+    } else {
+        decode_pixels(c, &mut writer, opts)?;
+    }
+    if writer.written != md.data_size {
+        return Err(Error::corrupt(
+            path,
+            format!(
+                "decoded {} bytes, metadata says {}",
+                writer.written, md.data_size
+            ),
+        ));
+    }
+    if let Sink::Stream(w) = &mut writer.sink {
+        w.flush().map_err(out_err)?;
+    }
+    let actual = hex(&writer.sha.finalize());
+    if opts.verify {
+        match &md.data_hash {
+            Some(expected) if *expected != actual => {
+                return Err(Error::HashMismatch {
+                    path: path.clone(),
+                    expected: expected.clone(),
+                    actual,
+                });
+            }
+            Some(_) => {}
+            None => return Err(Error::bad_metadata(path, "no data_hash to verify against")),
+        }
+    }
+    Ok(DecodeReport {
+        bytes: writer.written,
+        sha256: actual,
+        metadata: md.display_map(),
+    })
+}
+
+fn decode_base64(c: &Container, b64: &B64Source, out: &mut HashingWriter<'_>) -> Result<()> {
+    use base64::Engine;
+    let engine = &base64::engine::general_purpose::STANDARD;
+    let bad = |e: base64::DecodeError| {
+        Error::bad_metadata(
+            &c.path,
+            format!("{} is not valid base64: {e}", metadata::B64_KEY),
+        )
+    };
+    let io_out = |e| Error::io("<output>", e);
+    match b64 {
+        B64Source::Inline(s) => {
+            let bytes = engine.decode(s.as_bytes()).map_err(bad)?;
+            out.write(&bytes).map_err(io_out)?;
+        }
+        B64Source::File { offset, len } => {
+            if len % 4 != 0 {
+                return Err(Error::bad_metadata(
+                    &c.path,
+                    format!(
+                        "{} has {len} characters, not a multiple of 4",
+                        metadata::B64_KEY
+                    ),
+                ));
+            }
+            let block = 4 << 18;
+            let mut text = vec![0u8; block];
+            let mut bytes = Vec::with_capacity(block / 4 * 3);
+            let mut done = 0u64;
+            while done < *len {
+                let n = (len - done).min(block as u64) as usize;
+                c.file
+                    .read_exact_at(&mut text[..n], offset + done)
+                    .at(&c.path)?;
+                bytes.clear();
+                engine.decode_vec(&text[..n], &mut bytes).map_err(bad)?;
+                out.write(&bytes).map_err(io_out)?;
+                done += n as u64;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn decompress_payload(
+    c: &Container,
+    temp: &File,
+    encoded: u64,
+    out: &mut HashingWriter<'_>,
+) -> Result<()> {
+    let mut magic = [0u8; 4];
+    let have = temp.read_at(&mut magic, 0).at(&c.path)?;
+    let reader = crate::format::metadata::PositionalReader {
+        file: temp,
+        offset: 0,
+        remaining: encoded,
+    };
+    let mut decoder: Box<dyn Read> = if have == 4 && magic == [0x28, 0xb5, 0x2f, 0xfd] {
+        Box::new(
+            ruzstd::decoding::StreamingDecoder::new(reader).map_err(|e| {
+                Error::corrupt(&c.path, format!("compressed payload: bad zstd frame: {e}"))
+            })?,
+        )
+    } else if have >= 2
+        && magic[0] & 0x0f == 8
+        && (u16::from(magic[0]) << 8 | u16::from(magic[1])) % 31 == 0
+    {
+        Box::new(flate2::read::ZlibDecoder::new(reader))
+    } else {
+        return Err(Error::bad_metadata(
+            &c.path,
+            "compression is set but the payload is neither zstd nor zlib",
+        ));
+    };
+    // Never produce more than the metadata promises: a bomb stops at data_size + 1.
+    let limit = c.metadata.data_size;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = decoder.read(&mut buf).map_err(|e| {
+            Error::corrupt(
+                &c.path,
+                format!("compressed payload does not decompress: {e}"),
+            )
+        })?;
+        if n == 0 {
+            break;
+        }
+        if out.written + n as u64 > limit {
+            return Err(Error::limit(
+                &c.path,
+                format!("compressed payload inflates past data_size {limit}"),
+            ));
+        }
+        out.write(&buf[..n]).map_err(|e| Error::io("<output>", e))?;
+    }
+    Ok(())
+}
+
+fn decode_pixels(c: &Container, out: &mut HashingWriter<'_>, opts: &DecodeOptions) -> Result<()> {
+    match &c.seekable {
+        Some(image) => decode_seekable(image, c.metadata.pixel_payload_size, out, opts),
+        None => sequential::decode_sequential(c, out, opts),
+    }
+}
+
+/// Tiles in payload order, a batch at a time on the rayon pool; a writer thread writes and
+/// hashes the previous batch meanwhile.
+fn decode_seekable(
+    image: &SeekableImage,
+    payload: u64,
+    out: &mut HashingWriter<'_>,
+    opts: &DecodeOptions,
+) -> Result<()> {
+    let tile_bytes = 4 * image.tables.tile_pixels();
+    let tiles = payload.div_ceil(tile_bytes);
+    let batch_tiles = ((16u64 << 20) / tile_bytes)
+        .max(rayon::current_num_threads() as u64)
+        .max(1);
+    let (send_full, receive_full) = sync_channel::<(Vec<u8>, usize)>(1);
+    let (send_empty, receive_empty) = sync_channel::<Vec<u8>>(3);
+    for _ in 0..3 {
+        send_empty.send(Vec::new()).expect("channel has room");
+    }
+    std::thread::scope(|scope| -> Result<()> {
+        let writer = scope.spawn(move || -> std::io::Result<()> {
+            for (buf, len) in receive_full {
+                out.write(&buf[..len])?;
+                let _ = send_empty.send(buf);
+            }
+            Ok(())
+        });
+        let mut result = Ok(());
+        let mut first = 0u64;
+        while first < tiles {
+            let last = (first + batch_tiles).min(tiles);
+            let start_byte = first * tile_bytes;
+            let end_byte = (last * tile_bytes).min(payload);
+            let len = (end_byte - start_byte) as usize;
+            let Ok(mut buf) = receive_empty.recv() else {
+                break;
+            };
+            buf.resize(len.max(buf.len()), 0);
+            let decoded: Result<()> = buf[..len]
+                .par_chunks_mut(tile_bytes as usize)
+                .enumerate()
+                .try_for_each_init(
+                    || TileScratch::new(image),
+                    |scratch, (k, part)| image.decode_tile_payload(first + k as u64, scratch, part),
+                );
+            if let Err(e) = decoded {
+                result = Err(e);
+                break;
+            }
+            if send_full.send((buf, len)).is_err() {
+                break;
+            }
+            if let Some(p) = &opts.progress {
+                p(end_byte, payload);
+            }
+            first = last;
+        }
+        drop(send_full);
+        let written = writer.join().expect("writer thread panicked");
+        result?;
+        written.map_err(|e| Error::io("<output>", e))
+    })
+}

@@ -101,17 +101,28 @@ pub fn default_output(input: &Path) -> std::path::PathBuf {
 
 /// Encodes the file at `input` into `output` (written atomically), plus the sidecar when asked.
 /// Returns the metadata written.
-pub fn encode_file(input: &Path, output: &Path, opts: &EncodeOptions) -> Result<Map<String, Value>> {
+pub fn encode_file(
+    input: &Path,
+    output: &Path,
+    opts: &EncodeOptions,
+) -> Result<Map<String, Value>> {
     let (file, mapped) = MappedInput::open(input)?;
     if same_file(input, output) {
-        return Err(Error::InvalidArgument(format!("{}: output would overwrite the input", output.display())));
+        return Err(Error::InvalidArgument(format!(
+            "{}: output would overwrite the input",
+            output.display()
+        )));
     }
     let mut opts = opts.clone();
     if opts.record_file_attributes {
         use std::os::unix::fs::MetadataExt;
         let meta = file.metadata().at(input)?;
-        opts.metadata.entry("file_mode").or_insert((meta.mode() & 0o7777).into());
-        opts.metadata.entry("file_mtime").or_insert(meta.mtime().into());
+        opts.metadata
+            .entry("file_mode")
+            .or_insert((meta.mode() & 0o7777).into());
+        opts.metadata
+            .entry("file_mtime")
+            .or_insert(meta.mtime().into());
     }
     let mut out = AtomicOutput::create(output, opts.overwrite)?;
     let meta = {
@@ -136,7 +147,11 @@ fn same_file(a: &Path, b: &Path) -> bool {
 }
 
 /// Encodes `data` into `out` (any seekable writer; a `Cursor<Vec<u8>>` works).
-pub fn encode_to_writer<W: Write + Seek + Send>(data: &[u8], out: &mut W, opts: &EncodeOptions) -> Result<Map<String, Value>> {
+pub fn encode_to_writer<W: Write + Seek + Send>(
+    data: &[u8],
+    out: &mut W,
+    opts: &EncodeOptions,
+) -> Result<Map<String, Value>> {
     encode_with(data, &|_| {}, out, opts, Path::new("<output>"))
 }
 
@@ -162,7 +177,9 @@ fn encode_with<W: Write + Seek + Send>(
                 .map_err(|e| Error::InvalidArgument(format!("cannot start {n} threads: {e}")))?;
             pool.install(|| encode_core(data, release, out, opts, out_path))
         }
-        Some(_) => Err(Error::InvalidArgument("--threads must be at least 1".into())),
+        Some(_) => Err(Error::InvalidArgument(
+            "--threads must be at least 1".into(),
+        )),
         None => encode_core(data, release, out, opts, out_path),
     }
 }
@@ -171,8 +188,6 @@ fn encode_with<W: Write + Seek + Send>(
 struct TileJob<'a> {
     place: TilePlace,
     payload: &'a [u8],
-    /// Pixels of the tile that carry data (the rest of the tile is zero).
-    data_pixels: u64,
     kind: TileKind,
 }
 
@@ -202,10 +217,16 @@ fn encode_core<W: Write + Seek + Send>(
         None => crate::format::auto_grid(n),
     };
     if grid > crate::format::MAX_GRID {
-        return Err(Error::InvalidArgument(format!("input of {n} bytes needs a grid larger than {}", crate::format::MAX_GRID)));
+        return Err(Error::InvalidArgument(format!(
+            "input of {n} bytes needs a grid larger than {}",
+            crate::format::MAX_GRID
+        )));
     }
     if opts.level > 9 {
-        return Err(Error::InvalidArgument(format!("--level must be 0..9, got {}", opts.level)));
+        return Err(Error::InvalidArgument(format!(
+            "--level must be 0..9, got {}",
+            opts.level
+        )));
     }
     let draw_code = opts.mode == Mode::Code && code_mode::is_wasm(data);
     let tile_log2 = index::tile_side_log2_for(grid, opts.tile_side_log2.min(12));
@@ -225,12 +246,19 @@ fn encode_core<W: Write + Seek + Send>(
     let rest = &rest[HASH_PLACEHOLDER.len()..];
     let (text_b, text_c) = if opts.mode == Mode::Code {
         let marker = format!("\"{}\":\"", metadata::B64_KEY);
-        let at = rest.rfind(&marker).expect("code mode writes the payload key") + marker.len();
+        let at = rest
+            .rfind(&marker)
+            .expect("code mode writes the payload key")
+            + marker.len();
         rest.split_at(at)
     } else {
         (rest, "")
     };
-    let b64_len = if opts.mode == Mode::Code { code_mode::b64_len(n) } else { 0 };
+    let b64_len = if opts.mode == Mode::Code {
+        code_mode::b64_len(n)
+    } else {
+        0
+    };
     let keyword_prefix = format!("{}\0", metadata::KEYWORD);
     let text_chunk_len = keyword_prefix.len() as u64 + text.len() as u64 + b64_len;
     if text_chunk_len > u64::from(crate::format::png::MAX_CHUNK_LEN) {
@@ -241,10 +269,12 @@ fn encode_core<W: Write + Seek + Send>(
 
     let io = |e| Error::io(out_path, e);
     out.write_all(&SIGNATURE).map_err(io)?;
-    out.write_all(&chunk_bytes(b"IHDR", &Ihdr::rgba8(grid as u32).to_bytes())).map_err(io)?;
+    out.write_all(&chunk_bytes(b"IHDR", &Ihdr::rgba8(grid as u32).to_bytes()))
+        .map_err(io)?;
 
     // tEXt: length, type, [keyword, A] hash [B, base64, C], CRC.
-    out.write_all(&(text_chunk_len as u32).to_be_bytes()).map_err(io)?;
+    out.write_all(&(text_chunk_len as u32).to_be_bytes())
+        .map_err(io)?;
     let mut crc_head = crc32fast::Hasher::new();
     crc_head.update(b"tEXt");
     crc_head.update(keyword_prefix.as_bytes());
@@ -276,9 +306,12 @@ fn encode_core<W: Write + Seek + Send>(
     };
     let index_len = header.chunk_len();
     if index_len > u64::from(crate::format::png::MAX_CHUNK_LEN) {
-        return Err(Error::InvalidArgument(format!("grid {grid} needs an index larger than a PNG chunk")));
+        return Err(Error::InvalidArgument(format!(
+            "grid {grid} needs an index larger than a PNG chunk"
+        )));
     }
-    out.write_all(&(index_len as u32).to_be_bytes()).map_err(io)?;
+    out.write_all(&(index_len as u32).to_be_bytes())
+        .map_err(io)?;
     out.write_all(&index::CHUNK_TYPE).map_err(io)?;
     let index_data_pos = out.stream_position().map_err(io)?;
     write_zeros(out, index_len + 4).map_err(io)?;
@@ -291,7 +324,14 @@ fn encode_core<W: Write + Seek + Send>(
     let level = opts.level;
     let progress = opts.progress.clone();
 
-    let mut stream = StreamWriter::new(&mut *out, IDAT_CHUNK_SIZE, tiles_per_side, tile_side, index_data_pos, &header);
+    let mut stream = StreamWriter::new(
+        &mut *out,
+        IDAT_CHUNK_SIZE,
+        tiles_per_side,
+        tile_side,
+        index_data_pos,
+        &header,
+    );
     let (digest, stream_result) = std::thread::scope(|scope| -> Result<_> {
         // SHA-256 of the input: one sequential stream, on its own thread.
         let hasher = scope.spawn(|| {
@@ -309,9 +349,13 @@ fn encode_core<W: Write + Seek + Send>(
 
         let (send, receive) = sync_channel::<Vec<GroupOutput>>(2);
         let writer = scope.spawn(move || -> Result<_> {
-            stream.write_raw(&ZLIB_HEADER).map_err(|e| Error::io(out_path, e))?;
+            stream
+                .write_raw(&ZLIB_HEADER)
+                .map_err(|e| Error::io(out_path, e))?;
             for group in receive {
-                stream.write_group(group).map_err(|e| Error::io(out_path, e))?;
+                stream
+                    .write_group(group)
+                    .map_err(|e| Error::io(out_path, e))?;
             }
             stream.finish().map_err(|e| Error::io(out_path, e))
         });
@@ -323,10 +367,17 @@ fn encode_core<W: Write + Seek + Send>(
                 .map(|column| {
                     let place = tables.place_at(column, stripe);
                     let start = place.hilbert_index * tile_bytes;
-                    let payload = if start >= n { &data[0..0] } else { &data[start as usize..(start + tile_bytes).min(n) as usize] };
-                    let data_pixels = (payload.len() as u64).div_ceil(4);
+                    let payload = if start >= n {
+                        &data[0..0]
+                    } else {
+                        &data[start as usize..(start + tile_bytes).min(n) as usize]
+                    };
                     let kind = classify(payload, level);
-                    TileJob { place, payload, data_pixels, kind }
+                    TileJob {
+                        place,
+                        payload,
+                        kind,
+                    }
                 })
                 .collect();
             for group in 0..groups_per_stripe {
@@ -334,9 +385,23 @@ fn encode_core<W: Write + Seek + Send>(
                 let outputs: Vec<GroupOutput> = jobs
                     .par_iter()
                     .map_init(
-                        || (PieceCompressor::new(level), Vec::with_capacity(4 * tile_side as usize + 1)),
+                        || {
+                            (
+                                PieceCompressor::new(level),
+                                Vec::with_capacity(4 * tile_side as usize + 1),
+                            )
+                        },
                         |(compressor, raw), job| {
-                            encode_group(&tables, job, first_row, rows_per_group, draw_code, compressor, raw, &zero_pieces)
+                            encode_group(
+                                &tables,
+                                job,
+                                first_row,
+                                rows_per_group,
+                                draw_code,
+                                compressor,
+                                raw,
+                                &zero_pieces,
+                            )
                         },
                     )
                     .collect();
@@ -384,8 +449,10 @@ fn encode_core<W: Write + Seek + Send>(
     let end = out.stream_position().map_err(io)?;
     out.seek(SeekFrom::Start(index_data_pos)).map_err(io)?;
     out.write_all(&index_head).map_err(io)?;
-    out.seek(SeekFrom::Start(index_data_pos + index_len)).map_err(io)?;
-    out.write_all(&index_crc.finalize().to_be_bytes()).map_err(io)?;
+    out.seek(SeekFrom::Start(index_data_pos + index_len))
+        .map_err(io)?;
+    out.write_all(&index_crc.finalize().to_be_bytes())
+        .map_err(io)?;
 
     let hash_hex = hex(&digest);
     crc_head.update(hash_hex.as_bytes());
@@ -393,7 +460,8 @@ fn encode_core<W: Write + Seek + Send>(
     out.seek(SeekFrom::Start(hash_pos)).map_err(io)?;
     out.write_all(hash_hex.as_bytes()).map_err(io)?;
     out.seek(SeekFrom::Start(text_crc_pos)).map_err(io)?;
-    out.write_all(&crc_head.finalize().to_be_bytes()).map_err(io)?;
+    out.write_all(&crc_head.finalize().to_be_bytes())
+        .map_err(io)?;
     out.seek(SeekFrom::Start(end)).map_err(io)?;
     out.flush().map_err(io)?;
 
@@ -448,7 +516,12 @@ impl ZeroPieces {
         let (mut first, mut other) = (Vec::new(), Vec::new());
         c.compress(&first_raw, &mut first);
         c.compress(&other_raw, &mut other);
-        ZeroPieces { first, other, first_adler: adler32(&first_raw), other_adler: adler32(&other_raw) }
+        ZeroPieces {
+            first,
+            other,
+            first_adler: adler32(&first_raw),
+            other_adler: adler32(&other_raw),
+        }
     }
 }
 
@@ -469,7 +542,11 @@ fn encode_group(
         column,
         stripe: job.place.row,
         hilbert_index: job.place.hilbert_index,
-        bytes: Vec::with_capacity(if job.kind == TileKind::Empty { zeros.first.len() * rows as usize } else { rows as usize * (4 * side + 8) }),
+        bytes: Vec::with_capacity(if job.kind == TileKind::Empty {
+            zeros.first.len() * rows as usize
+        } else {
+            rows as usize * (4 * side + 8)
+        }),
         piece_lens: Vec::with_capacity(rows as usize),
         adlers: Vec::with_capacity(rows as usize),
         raw_lens: Vec::with_capacity(rows as usize),
@@ -478,7 +555,11 @@ fn encode_group(
     };
     let filter_byte = usize::from(column == 0);
     if job.kind == TileKind::Empty {
-        let (piece, adler) = if column == 0 { (&zeros.first, zeros.first_adler) } else { (&zeros.other, zeros.other_adler) };
+        let (piece, adler) = if column == 0 {
+            (&zeros.first, zeros.first_adler)
+        } else {
+            (&zeros.other, zeros.other_adler)
+        };
         let zero_row = [0u8; 4 * 256];
         for _ in 0..rows {
             out.bytes.extend_from_slice(piece);
@@ -496,50 +577,81 @@ fn encode_group(
         return out;
     }
     let locals = tables.locals(&job.place);
-    let payload = job.payload;
+    let row_len = 4 * side + filter_byte;
     for row in first_row..first_row + rows {
-        raw.clear();
-        if filter_byte == 1 {
-            raw.push(0);
-        }
         let row_locals = &locals[row as usize * side..(row as usize + 1) * side];
-        let whole_pixels = payload.len() / 4;
-        for &local in row_locals {
-            let local = local as usize;
-            let mut pixel = [0u8; 4];
-            if local < whole_pixels {
-                pixel.copy_from_slice(&payload[4 * local..4 * local + 4]);
-            } else if (local as u64) < job.data_pixels {
-                let tail = &payload[4 * local..];
-                pixel[..tail.len()].copy_from_slice(tail);
+        // Stored tiles are gathered straight behind their stored-block header: one copy less.
+        let stored = job.kind == TileKind::Stored;
+        let start = out.bytes.len();
+        let (buf, at) = if stored {
+            let len = row_len as u16;
+            out.bytes.push(0x00);
+            out.bytes.extend_from_slice(&len.to_le_bytes());
+            out.bytes.extend_from_slice(&(!len).to_le_bytes());
+            (
+                &mut out.bytes,
+                start + crate::format::segment::STORED_OVERHEAD,
+            )
+        } else {
+            raw.clear();
+            (&mut *raw, 0)
+        };
+        buf.resize(at + row_len, 0);
+        gather_row(
+            &mut buf[at + filter_byte..],
+            row_locals,
+            job.payload,
+            draw_code,
+        );
+        let piece_raw = &buf[at..];
+        out.crc.update(&piece_raw[filter_byte..]);
+        out.adlers.push(adler32(piece_raw));
+        out.raw_lens.push(row_len as u32);
+        let len = if stored {
+            out.bytes.len() - start
+        } else if raw.iter().all(|&b| b == 0) {
+            let piece = if column == 0 {
+                &zeros.first
             } else {
-                raw.extend_from_slice(&pixel);
-                continue;
-            }
-            if draw_code {
-                pixel = code_pixel(pixel);
-            }
-            raw.extend_from_slice(&pixel);
-        }
-        out.crc.update(&raw[filter_byte..]);
-        out.adlers.push(adler32(raw));
-        out.raw_lens.push(raw.len() as u32);
-        let len = match job.kind {
-            TileKind::Stored => {
-                let start = out.bytes.len();
-                crate::format::segment::store_piece(raw, &mut out.bytes);
-                out.bytes.len() - start
-            }
-            _ if raw.iter().all(|&b| b == 0) => {
-                let piece = if column == 0 { &zeros.first } else { &zeros.other };
-                out.bytes.extend_from_slice(piece);
-                piece.len()
-            }
-            _ => compressor.compress(raw, &mut out.bytes),
+                &zeros.other
+            };
+            out.bytes.extend_from_slice(piece);
+            piece.len()
+        } else {
+            compressor.compress(raw, &mut out.bytes)
         };
         out.piece_lens.push(len as u32);
     }
     out
+}
+
+/// One tile-wide scanline: pixel `x` is payload pixel `row_locals[x]` (zero past the data),
+/// drawn as code when asked.
+fn gather_row(dst: &mut [u8], row_locals: &[u32], payload: &[u8], draw_code: bool) {
+    let whole = payload.len() / 4;
+    let full_tile = row_locals.iter().all(|&l| (l as usize) < whole);
+    if full_tile && !draw_code {
+        for (pixel, &local) in dst.chunks_exact_mut(4).zip(row_locals) {
+            let l = 4 * local as usize;
+            pixel.copy_from_slice(&payload[l..l + 4]);
+        }
+        return;
+    }
+    let data_pixels = payload.len().div_ceil(4);
+    for (pixel, &local) in dst.chunks_exact_mut(4).zip(row_locals) {
+        let l = local as usize;
+        let mut p = [0u8; 4];
+        if l < whole {
+            p.copy_from_slice(&payload[4 * l..4 * l + 4]);
+        } else if l < data_pixels {
+            let tail = &payload[4 * l..];
+            p[..tail.len()].copy_from_slice(tail);
+        } else {
+            pixel.copy_from_slice(&p);
+            continue;
+        }
+        pixel.copy_from_slice(&if draw_code { code_pixel(p) } else { p });
+    }
 }
 
 fn write_zeros<W: Write>(out: &mut W, mut n: u64) -> std::io::Result<()> {
@@ -552,7 +664,11 @@ fn write_zeros<W: Write>(out: &mut W, mut n: u64) -> std::io::Result<()> {
     Ok(())
 }
 
-fn write_base64<W: Write>(data: &[u8], out: &mut W, crc: &mut crc32fast::Hasher) -> std::io::Result<()> {
+fn write_base64<W: Write>(
+    data: &[u8],
+    out: &mut W,
+    crc: &mut crc32fast::Hasher,
+) -> std::io::Result<()> {
     use base64::Engine;
     // Whole 3-byte groups per block so that only the very end carries padding.
     let block = 3 * (1 << 18);
@@ -618,13 +734,29 @@ mod tests {
 
     #[test]
     fn png_crate_reads_what_we_write() {
-        for (n, tile_log2) in [(0usize, 8u8), (1, 8), (65, 8), (1000, 2), (70_000, 4), (300_000, 8), (1 << 20, 6)] {
+        for (n, tile_log2) in [
+            (0usize, 8u8),
+            (1, 8),
+            (65, 8),
+            (1000, 2),
+            (70_000, 4),
+            (300_000, 8),
+            (1 << 20, 6),
+        ] {
             for level in [0, 1, 6] {
                 let data = sample(n, n as u64 + 7);
-                let opts = EncodeOptions { level, tile_side_log2: tile_log2, ..Default::default() };
+                let opts = EncodeOptions {
+                    level,
+                    tile_side_log2: tile_log2,
+                    ..Default::default()
+                };
                 let (png_bytes, meta) = encode_to_vec(&data, &opts).unwrap();
                 assert_eq!(meta["data_size"], n as u64);
-                assert_eq!(decode_with_png_crate(&png_bytes, n), data, "n={n} level={level}");
+                assert_eq!(
+                    decode_with_png_crate(&png_bytes, n),
+                    data,
+                    "n={n} level={level}"
+                );
             }
         }
     }

@@ -54,7 +54,14 @@ pub struct StreamWriter<'w, W: Write + Seek> {
 }
 
 impl<'w, W: Write + Seek> StreamWriter<'w, W> {
-    pub fn new(out: &'w mut W, chunk_size: u32, tiles_per_side: u64, tile_side: u64, index_data_pos: u64, header: &IndexHeader) -> Self {
+    pub fn new(
+        out: &'w mut W,
+        chunk_size: u32,
+        tiles_per_side: u64,
+        tile_side: u64,
+        index_data_pos: u64,
+        header: &IndexHeader,
+    ) -> Self {
         StreamWriter {
             out,
             chunk: Vec::with_capacity(chunk_size as usize),
@@ -93,10 +100,12 @@ impl<'w, W: Write + Seek> StreamWriter<'w, W> {
         if self.chunk.is_empty() {
             return Ok(());
         }
-        self.out.write_all(&(self.chunk.len() as u32).to_be_bytes())?;
+        self.out
+            .write_all(&(self.chunk.len() as u32).to_be_bytes())?;
         self.out.write_all(b"IDAT")?;
         self.out.write_all(&self.chunk)?;
-        self.out.write_all(&chunk_crc(b"IDAT", &self.chunk).to_be_bytes())?;
+        self.out
+            .write_all(&chunk_crc(b"IDAT", &self.chunk).to_be_bytes())?;
         self.chunk.clear();
         Ok(())
     }
@@ -117,7 +126,8 @@ impl<'w, W: Write + Seek> StreamWriter<'w, W> {
             for (g, cursor) in group.iter().zip(cursors.iter_mut()) {
                 let len = g.piece_lens[r] as usize;
                 let row = g.first_row + r as u64;
-                self.stripe_offsets[(g.column * self.tile_side + row) as usize] = (self.stream_pos - stripe_start) as u32;
+                self.stripe_offsets[(g.column * self.tile_side + row) as usize] =
+                    (self.stream_pos - stripe_start) as u32;
                 let piece = &g.bytes[*cursor..*cursor + len];
                 *cursor += len;
                 self.adler = adler32_combine(self.adler, g.adlers[r], u64::from(g.raw_lens[r]));
@@ -143,7 +153,11 @@ impl<'w, W: Write + Seek> StreamWriter<'w, W> {
     }
 
     fn finish_stripe(&mut self, stripe: u64) -> io::Result<()> {
-        let bytes: Vec<u8> = self.stripe_offsets.iter().flat_map(|o| o.to_be_bytes()).collect();
+        let bytes: Vec<u8> = self
+            .stripe_offsets
+            .iter()
+            .flat_map(|o| o.to_be_bytes())
+            .collect();
         self.piece_table_crc.update(&bytes);
         let at = self.index_data_pos + self.header.piece_offsets_of(stripe, 0);
         let here = self.out.stream_position()?;
@@ -161,7 +175,8 @@ impl<'w, W: Write + Seek> StreamWriter<'w, W> {
         let adler = self.adler.to_be_bytes();
         self.write_raw(&adler)?;
         self.flush_chunk()?;
-        self.out.write_all(&crate::format::png::chunk_bytes(b"IEND", &[]))?;
+        self.out
+            .write_all(&crate::format::png::chunk_bytes(b"IEND", &[]))?;
         Ok(StreamSummary {
             stream_length: self.stream_pos,
             pieces_end,

@@ -64,10 +64,18 @@ struct Symmetry {
 
 impl Symmetry {
     const ALL: [Symmetry; 8] = {
-        let mut all = [Symmetry { swap: false, flip_x: false, flip_y: false }; 8];
+        let mut all = [Symmetry {
+            swap: false,
+            flip_x: false,
+            flip_y: false,
+        }; 8];
         let mut i = 0;
         while i < 8 {
-            all[i] = Symmetry { swap: i & 4 != 0, flip_x: i & 1 != 0, flip_y: i & 2 != 0 };
+            all[i] = Symmetry {
+                swap: i & 4 != 0,
+                flip_x: i & 1 != 0,
+                flip_y: i & 2 != 0,
+            };
             i += 1;
         }
         all
@@ -185,7 +193,12 @@ impl TileTables {
             })
             .map(|s| s.id())
             .unwrap_or(0);
-        TilePlace { hilbert_index: j, column, row, symmetry }
+        TilePlace {
+            hilbert_index: j,
+            column,
+            row,
+            symmetry,
+        }
     }
 
     /// For the tile at `place`: local index `i` (payload pixel `j·T² + i`) → row-major position
@@ -266,12 +279,38 @@ mod tests {
         assert_eq!(
             order2,
             [
-                (0, 0), (1, 0), (1, 1), (0, 1), (0, 2), (0, 3), (1, 3), (1, 2),
-                (2, 2), (2, 3), (3, 3), (3, 2), (3, 1), (2, 1), (2, 0), (3, 0)
+                (0, 0),
+                (1, 0),
+                (1, 1),
+                (0, 1),
+                (0, 2),
+                (0, 3),
+                (1, 3),
+                (1, 2),
+                (2, 2),
+                (2, 3),
+                (3, 3),
+                (3, 2),
+                (3, 1),
+                (2, 1),
+                (2, 0),
+                (3, 0)
             ]
         );
         let order3: Vec<_> = (0..8).map(|d| d2xy(8, d)).collect();
-        assert_eq!(order3, [(0, 0), (0, 1), (1, 1), (1, 0), (2, 0), (3, 0), (3, 1), (2, 1)]);
+        assert_eq!(
+            order3,
+            [
+                (0, 0),
+                (0, 1),
+                (1, 1),
+                (1, 0),
+                (2, 0),
+                (3, 0),
+                (3, 1),
+                (2, 1)
+            ]
+        );
         assert_eq!(d2xy(16, 64), (0, 8));
         assert_eq!(d2xy(16, 128), (8, 8));
         assert_eq!(d2xy(16, 255), (15, 0));
@@ -297,7 +336,15 @@ mod tests {
     /// Every tile table must agree with d2xy for every pixel of the grid.
     #[test]
     fn tile_tables_match_d2xy_everywhere() {
-        for (grid, side) in [(1u64, 1u64), (4, 4), (8, 2), (16, 4), (64, 16), (256, 32), (512, 256)] {
+        for (grid, side) in [
+            (1u64, 1u64),
+            (4, 4),
+            (8, 2),
+            (16, 4),
+            (64, 16),
+            (256, 32),
+            (512, 256),
+        ] {
             let tables = TileTables::new(grid, side);
             for j in 0..tables.tiles_per_side() * tables.tiles_per_side() {
                 let place = tables.place_of(j);
@@ -307,7 +354,10 @@ mod tests {
                     let (x, y) = d2xy(grid, j * side * side + i as u64);
                     let pos = u64::from(pos);
                     assert_eq!(
-                        (place.column * side + pos % side, place.row * side + pos / side),
+                        (
+                            place.column * side + pos % side,
+                            place.row * side + pos / side
+                        ),
                         (x, y),
                         "grid {grid} side {side} tile {j} local {i}"
                     );
@@ -330,7 +380,10 @@ mod tests {
             assert_eq!(back, payload);
             let mut rest = vec![0u8; 1024];
             gather_tile(positions, &tile, &mut rest);
-            assert!(rest[len..].iter().all(|&b| b == 0), "padding is zero (len {len})");
+            assert!(
+                rest[len..].iter().all(|&b| b == 0),
+                "padding is zero (len {len})"
+            );
         }
     }
 }

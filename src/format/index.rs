@@ -64,7 +64,8 @@ impl IndexHeader {
     }
     /// Offset (in the chunk data) of the offsets of stripe `stripe`, tile column `column`.
     pub fn piece_offsets_of(&self, stripe: u64, column: u64) -> u64 {
-        self.piece_table_offset() + 4 * (stripe * self.pieces_per_stripe() + column * self.tile_side())
+        self.piece_table_offset()
+            + 4 * (stripe * self.pieces_per_stripe() + column * self.tile_side())
     }
     /// Total chunk data length.
     pub fn chunk_len(&self) -> u64 {
@@ -104,10 +105,16 @@ impl IndexHeader {
             pieces_end: be64(40..48),
         };
         if h.grid != image_grid {
-            return Err(format!("index describes a {}-pixel grid, image is {image_grid}", h.grid));
+            return Err(format!(
+                "index describes a {}-pixel grid, image is {image_grid}",
+                h.grid
+            ));
         }
         if h.tile_side_log2 > 12 || h.tile_side() > h.grid {
-            return Err(format!("index tile side 2^{} does not fit the grid", h.tile_side_log2));
+            return Err(format!(
+                "index tile side 2^{} does not fit the grid",
+                h.tile_side_log2
+            ));
         }
         if u64::from(be32(28..32)) != h.tiles_per_side() {
             return Err("index tile count disagrees with its geometry".into());
@@ -116,7 +123,10 @@ impl IndexHeader {
             return Err("index IDAT chunk size is invalid".into());
         }
         if h.chunk_len() != chunk_len {
-            return Err(format!("index chunk is {chunk_len} bytes, its geometry needs {}", h.chunk_len()));
+            return Err(format!(
+                "index chunk is {chunk_len} bytes, its geometry needs {}",
+                h.chunk_len()
+            ));
         }
         if u128::from(h.payload_size) > crate::format::capacity(h.grid) {
             return Err("index payload size exceeds the grid".into());

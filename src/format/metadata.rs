@@ -72,11 +72,18 @@ impl std::str::FromStr for Mode {
 
 /// A data hash placeholder of the right length: the encoder writes the metadata before it has
 /// hashed the input and patches these 64 characters at the end.
-pub const HASH_PLACEHOLDER: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+pub const HASH_PLACEHOLDER: &str =
+    "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// Builds the metadata object in the reference's key order.
 /// `user` holds the user's keys in their order; `version` becomes `content_version`.
-pub fn build(grid: u64, mode: Mode, user: &Map<String, Value>, data_hash: &str, data_size: u64) -> Map<String, Value> {
+pub fn build(
+    grid: u64,
+    mode: Mode,
+    user: &Map<String, Value>,
+    data_hash: &str,
+    data_size: u64,
+) -> Map<String, Value> {
     let mut m = Map::new();
     m.insert("format".into(), FORMAT_NAME.into());
     m.insert("format_version".into(), 2.into());
@@ -90,7 +97,11 @@ pub fn build(grid: u64, mode: Mode, user: &Map<String, Value>, data_hash: &str, 
     m.insert("hashes".into(), Value::Object(Map::new()));
     m.insert("encoding_mode".into(), mode.encoding_type().into());
     for (key, value) in user {
-        let key = if key == "version" { "content_version" } else { key.as_str() };
+        let key = if key == "version" {
+            "content_version"
+        } else {
+            key.as_str()
+        };
         if RESERVED_KEYS.contains(&key) || m.contains_key(key) {
             continue;
         }
@@ -107,8 +118,12 @@ pub fn build(grid: u64, mode: Mode, user: &Map<String, Value>, data_hash: &str, 
 /// JSON with every non-ASCII character escaped as `\uXXXX`, as Python's `json.dumps` writes it.
 /// Non-ASCII characters can only occur inside JSON strings, where an escape means the same.
 pub fn to_ascii_json(value: &Value, pretty: bool) -> String {
-    let raw = if pretty { serde_json::to_string_pretty(value) } else { serde_json::to_string(value) }
-        .expect("serializing a serde_json::Value cannot fail");
+    let raw = if pretty {
+        serde_json::to_string_pretty(value)
+    } else {
+        serde_json::to_string(value)
+    }
+    .expect("serializing a serde_json::Value cannot fail");
     if raw.is_ascii() {
         return raw;
     }
@@ -128,7 +143,10 @@ pub fn to_ascii_json(value: &Value, pretty: bool) -> String {
 
 /// The tEXt chunk text: magic + compact JSON.
 pub fn png_text(map: &Map<String, Value>) -> String {
-    format!("{MAGIC}{}", to_ascii_json(&Value::Object(map.clone()), false))
+    format!(
+        "{MAGIC}{}",
+        to_ascii_json(&Value::Object(map.clone()), false)
+    )
 }
 
 /// The sidecar file's contents: the same JSON, indented by 2.
@@ -176,7 +194,13 @@ pub struct Metadata {
 
 impl Metadata {
     /// Checks the keys the decoder needs. `grid` is the image side.
-    pub fn from_map(path: &Path, mut map: Map<String, Value>, b64: Option<B64Source>, source: MetadataSource, grid: u64) -> Result<Self> {
+    pub fn from_map(
+        path: &Path,
+        mut map: Map<String, Value>,
+        b64: Option<B64Source>,
+        source: MetadataSource,
+        grid: u64,
+    ) -> Result<Self> {
         let bad = |reason: String| Error::bad_metadata(path, reason);
         let data_size = map
             .get("data_size")
@@ -185,8 +209,14 @@ impl Metadata {
             .ok_or_else(|| bad("data_size is not a non-negative integer".into()))?;
         let data_hash = match map.get("data_hash") {
             None | Some(Value::Null) => None,
-            Some(Value::String(h)) if h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()) => Some(h.to_ascii_lowercase()),
-            Some(other) => return Err(bad(format!("data_hash {other} is not a SHA-256 hex digest"))),
+            Some(Value::String(h)) if h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()) => {
+                Some(h.to_ascii_lowercase())
+            }
+            Some(other) => {
+                return Err(bad(format!(
+                    "data_hash {other} is not a SHA-256 hex digest"
+                )))
+            }
         };
         let mode_name = map
             .get("encoding")
@@ -202,7 +232,9 @@ impl Metadata {
         };
         if let Some(g) = map.get("grid_size") {
             if g.as_u64() != Some(grid) {
-                return Err(bad(format!("grid_size {g} does not match the {grid}x{grid} image")));
+                return Err(bad(format!(
+                    "grid_size {g} does not match the {grid}x{grid} image"
+                )));
             }
         }
         let compressed = map.get("compression").is_some_and(|c| !c.is_null());
@@ -234,7 +266,16 @@ impl Metadata {
                 )));
             }
         }
-        Ok(Metadata { map, mode, data_size, data_hash, pixel_payload_size, compressed, b64, source })
+        Ok(Metadata {
+            map,
+            mode,
+            data_size,
+            data_hash,
+            pixel_payload_size,
+            compressed,
+            b64,
+            source,
+        })
     }
 
     /// The metadata as it is in the file, the code-mode payload shown by its size only.
@@ -327,25 +368,38 @@ fn scan_text(reader: &mut dyn Read, path: &Path) -> Result<Option<ScannedText>> 
                 _ => {}
             }
             if kept.len() > MAX_METADATA_TEXT {
-                return Err(Error::limit(path, format!("metadata text is larger than {MAX_METADATA_TEXT} bytes")));
+                return Err(Error::limit(
+                    path,
+                    format!("metadata text is larger than {MAX_METADATA_TEXT} bytes"),
+                ));
             }
         }
     }
     if offset <= MAGIC.len() as u64 || scanner.skipping_b64 {
         return Ok(None);
     }
-    Ok(Some(ScannedText { json: kept.split_off(MAGIC.len()), b64 }))
+    Ok(Some(ScannedText {
+        json: kept.split_off(MAGIC.len()),
+        b64,
+    }))
 }
 
 /// Reads a tEXt/zTXt/iTXt chunk and returns its metadata if it is PixelRTS metadata.
 /// The chunk's CRC is checked (streamed, for large tEXt chunks).
-pub fn read_text_chunk(file: &File, path: &Path, chunk: &ChunkHeader) -> Result<Option<(Map<String, Value>, Option<B64Source>)>> {
+pub fn read_text_chunk(
+    file: &File,
+    path: &Path,
+    chunk: &ChunkHeader,
+) -> Result<Option<(Map<String, Value>, Option<B64Source>)>> {
     let kind = &chunk.kind;
     // Keyword (1-79 bytes) and a NUL come first in all three chunk types.
     let head_len = chunk.length.min(80 + 2 + 80) as usize;
     let mut head = vec![0u8; head_len];
-    file.read_exact_at(&mut head, chunk.data_offset()).at(path)?;
-    let Some(nul) = head.iter().position(|&b| b == 0) else { return Ok(None) };
+    file.read_exact_at(&mut head, chunk.data_offset())
+        .at(path)?;
+    let Some(nul) = head.iter().position(|&b| b == 0) else {
+        return Ok(None);
+    };
     let mut text_start = nul as u64 + 1;
     let compressed = match kind {
         b"tEXt" => false,
@@ -358,9 +412,13 @@ pub fn read_text_chunk(file: &File, path: &Path, chunk: &ChunkHeader) -> Result<
             // flag, method, language tag\0, translated keyword\0
             let rest = &head[(nul + 3).min(head.len())..];
             let lang_end = rest.iter().position(|&b| b == 0);
-            let Some(lang_end) = lang_end else { return read_itxt_slow(file, path, chunk) };
+            let Some(lang_end) = lang_end else {
+                return read_itxt_slow(file, path, chunk);
+            };
             let trans_end = rest[lang_end + 1..].iter().position(|&b| b == 0);
-            let Some(trans_end) = trans_end else { return read_itxt_slow(file, path, chunk) };
+            let Some(trans_end) = trans_end else {
+                return read_itxt_slow(file, path, chunk);
+            };
             text_start += 2 + lang_end as u64 + 1 + trans_end as u64 + 1;
             flag == 1
         }
@@ -372,17 +430,26 @@ pub fn read_text_chunk(file: &File, path: &Path, chunk: &ChunkHeader) -> Result<
     let text_offset = chunk.data_offset() + text_start;
     let text_len = u64::from(chunk.length) - text_start;
     // Verify the CRC over the whole chunk first (streamed).
-    verify_chunk_crc_streamed(file, path, chunk)?;
+    crate::format::png::verify_chunk_crc_streamed(file, path, chunk)?;
     if compressed {
         let mut compressed_bytes = vec![0u8; text_len as usize];
-        file.read_exact_at(&mut compressed_bytes, text_offset).at(path)?;
+        file.read_exact_at(&mut compressed_bytes, text_offset)
+            .at(path)?;
         let mut inflated = Vec::new();
         flate2::read::ZlibDecoder::new(&compressed_bytes[..])
             .take(MAX_COMPRESSED_TEXT + 1)
             .read_to_end(&mut inflated)
-            .map_err(|e| Error::corrupt(path, format!("{} chunk does not inflate: {e}", chunk.kind_str())))?;
+            .map_err(|e| {
+                Error::corrupt(
+                    path,
+                    format!("{} chunk does not inflate: {e}", chunk.kind_str()),
+                )
+            })?;
         if inflated.len() as u64 > MAX_COMPRESSED_TEXT {
-            return Err(Error::limit(path, format!("compressed metadata inflates past {MAX_COMPRESSED_TEXT} bytes")));
+            return Err(Error::limit(
+                path,
+                format!("compressed metadata inflates past {MAX_COMPRESSED_TEXT} bytes"),
+            ));
         }
         if !inflated.starts_with(format!("{MAGIC}{{").as_bytes()) {
             return Ok(None);
@@ -390,14 +457,27 @@ pub fn read_text_chunk(file: &File, path: &Path, chunk: &ChunkHeader) -> Result<
         let map = parse_json_object(path, &inflated[MAGIC.len()..])?;
         return Ok(Some((map, None)));
     }
-    let mut reader = PositionalReader { file, offset: text_offset, remaining: text_len };
-    let Some(scanned) = scan_text(&mut reader, path)? else { return Ok(None) };
+    let mut reader = PositionalReader {
+        file,
+        offset: text_offset,
+        remaining: text_len,
+    };
+    let Some(scanned) = scan_text(&mut reader, path)? else {
+        return Ok(None);
+    };
     let map = parse_json_object(path, &scanned.json)?;
-    let b64 = scanned.b64.map(|(start, len)| B64Source::File { offset: text_offset + start, len });
+    let b64 = scanned.b64.map(|(start, len)| B64Source::File {
+        offset: text_offset + start,
+        len,
+    });
     Ok(Some((map, b64)))
 }
 
-fn read_itxt_slow(file: &File, path: &Path, chunk: &ChunkHeader) -> Result<Option<(Map<String, Value>, Option<B64Source>)>> {
+fn read_itxt_slow(
+    file: &File,
+    path: &Path,
+    chunk: &ChunkHeader,
+) -> Result<Option<(Map<String, Value>, Option<B64Source>)>> {
     // Language or translated keyword longer than our header read: rare; read the whole chunk.
     let data = crate::format::png::read_chunk_data(file, path, chunk, MAX_METADATA_TEXT as u32)?;
     // keyword\0 flag method language\0 translated-keyword\0 text
@@ -427,7 +507,10 @@ fn parse_json_object(path: &Path, json: &[u8]) -> Result<Map<String, Value>> {
     match serde_json::from_slice::<Value>(json) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(_) => Err(Error::bad_metadata(path, "metadata JSON is not an object")),
-        Err(e) => Err(Error::bad_metadata(path, format!("metadata is not valid JSON: {e}"))),
+        Err(e) => Err(Error::bad_metadata(
+            path,
+            format!("metadata is not valid JSON: {e}"),
+        )),
     }
 }
 
@@ -436,7 +519,10 @@ pub fn read_sidecar(path: &Path) -> Result<Map<String, Value>> {
     let file = File::open(path).at(path)?;
     let len = file.metadata().at(path)?.len();
     if len > MAX_METADATA_TEXT as u64 * 2 {
-        return Err(Error::limit(path, format!("sidecar of {len} bytes is too large")));
+        return Err(Error::limit(
+            path,
+            format!("sidecar of {len} bytes is too large"),
+        ));
     }
     let mut text = Vec::with_capacity(len as usize);
     (&file).take(len).read_to_end(&mut text).at(path)?;
@@ -454,25 +540,6 @@ pub fn sidecar_candidates(png: &Path) -> Vec<PathBuf> {
     out
 }
 
-fn verify_chunk_crc_streamed(file: &File, path: &Path, chunk: &ChunkHeader) -> Result<()> {
-    let mut h = crc32fast::Hasher::new();
-    h.update(&chunk.kind);
-    let mut buf = vec![0u8; (chunk.length as usize).clamp(1, 1 << 20)];
-    let mut done = 0u64;
-    while done < u64::from(chunk.length) {
-        let n = (u64::from(chunk.length) - done).min(buf.len() as u64) as usize;
-        file.read_exact_at(&mut buf[..n], chunk.data_offset() + done).at(path)?;
-        h.update(&buf[..n]);
-        done += n as u64;
-    }
-    let mut stored = [0u8; 4];
-    file.read_exact_at(&mut stored, chunk.data_offset() + done).at(path)?;
-    if h.finalize() != u32::from_be_bytes(stored) {
-        return Err(Error::corrupt(path, format!("CRC mismatch in {} chunk at offset {}", chunk.kind_str(), chunk.offset)));
-    }
-    Ok(())
-}
-
 /// `Read` over a byte range of a file with positional reads.
 pub struct PositionalReader<'a> {
     pub file: &'a File,
@@ -488,7 +555,10 @@ impl Read for PositionalReader<'_> {
         }
         let got = self.file.read_at(&mut buf[..n], self.offset)?;
         if got == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "file ended inside a chunk"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "file ended inside a chunk",
+            ));
         }
         self.offset += got as u64;
         self.remaining -= got as u64;
@@ -510,7 +580,19 @@ mod tests {
         let keys: Vec<_> = m.keys().map(String::as_str).collect();
         assert_eq!(
             keys,
-            ["format", "format_version", "grid_size", "encoding", "offsets", "hashes", "encoding_mode", "type", "content_version", "data_hash", "data_size"]
+            [
+                "format",
+                "format_version",
+                "grid_size",
+                "encoding",
+                "offsets",
+                "hashes",
+                "encoding_mode",
+                "type",
+                "content_version",
+                "data_hash",
+                "data_size"
+            ]
         );
         assert_eq!(m["grid_size"], 16);
     }
@@ -518,8 +600,14 @@ mod tests {
     #[test]
     fn json_is_ascii_like_python() {
         let v: Value = serde_json::json!({"name": "café 🦀", "n": 1});
-        assert_eq!(to_ascii_json(&v, false), r#"{"name":"caf\u00e9 \ud83e\udd80","n":1}"#);
-        assert_eq!(to_ascii_json(&serde_json::json!({"a": {}}), true), "{\n  \"a\": {}\n}");
+        assert_eq!(
+            to_ascii_json(&v, false),
+            r#"{"name":"caf\u00e9 \ud83e\udd80","n":1}"#
+        );
+        assert_eq!(
+            to_ascii_json(&serde_json::json!({"a": {}}), true),
+            "{\n  \"a\": {}\n}"
+        );
     }
 
     #[test]
@@ -527,14 +615,21 @@ mod tests {
         let text = br#"PixelRTS{"offsets":{"original_data_b64":"nested"},"d":"x\"original_data_b64\":\"y","original_data_b64":"QUJD","z":1}"#;
         let scanned = scan_text(&mut &text[..], Path::new("t")).unwrap().unwrap();
         let json = String::from_utf8(scanned.json).unwrap();
-        assert_eq!(json, r#"{"offsets":{"original_data_b64":"nested"},"d":"x\"original_data_b64\":\"y","original_data_b64":"","z":1}"#);
+        assert_eq!(
+            json,
+            r#"{"offsets":{"original_data_b64":"nested"},"d":"x\"original_data_b64\":\"y","original_data_b64":"","z":1}"#
+        );
         let (start, len) = scanned.b64.unwrap();
         assert_eq!(&text[start as usize..(start + len) as usize], b"QUJD");
     }
 
     #[test]
     fn scanner_rejects_other_text() {
-        assert!(scan_text(&mut &b"Comment hello"[..], Path::new("t")).unwrap().is_none());
-        assert!(scan_text(&mut &b"PixelRTS-Blueprint{}"[..], Path::new("t")).unwrap().is_none());
+        assert!(scan_text(&mut &b"Comment hello"[..], Path::new("t"))
+            .unwrap()
+            .is_none());
+        assert!(scan_text(&mut &b"PixelRTS-Blueprint{}"[..], Path::new("t"))
+            .unwrap()
+            .is_none());
     }
 }

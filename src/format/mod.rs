@@ -33,10 +33,15 @@ pub fn check_grid(grid: u64, n: u64) -> Result<(), String> {
         return Err(format!("Grid size must be power of 2, got {grid}"));
     }
     if grid > MAX_GRID {
-        return Err(format!("Grid size {grid} is larger than the supported maximum {MAX_GRID}"));
+        return Err(format!(
+            "Grid size {grid} is larger than the supported maximum {MAX_GRID}"
+        ));
     }
     if capacity(grid) < n as u128 {
-        return Err(format!("data of {n} bytes exceeds grid capacity {}", capacity(grid)));
+        return Err(format!(
+            "data of {n} bytes exceeds grid capacity {}",
+            capacity(grid)
+        ));
     }
     Ok(())
 }
@@ -68,8 +73,14 @@ mod tests {
 
     #[test]
     fn explicit_grid_errors_use_reference_wording() {
-        assert_eq!(check_grid(12, 1).unwrap_err(), "Grid size must be power of 2, got 12");
-        assert_eq!(check_grid(4, 65).unwrap_err(), "data of 65 bytes exceeds grid capacity 64");
+        assert_eq!(
+            check_grid(12, 1).unwrap_err(),
+            "Grid size must be power of 2, got 12"
+        );
+        assert_eq!(
+            check_grid(4, 65).unwrap_err(),
+            "data of 65 bytes exceeds grid capacity 64"
+        );
         assert!(check_grid(4, 64).is_ok());
     }
 }

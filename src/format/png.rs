@@ -84,14 +84,27 @@ impl Ihdr {
 
     /// Checks that this image can be a PixelRTS container and returns its grid side.
     pub fn pixelrts_grid(&self, path: &Path) -> Result<u64> {
-        if self.width == 0 || self.height == 0 || self.width > MAX_CHUNK_LEN || self.height > MAX_CHUNK_LEN {
-            return Err(Error::not_png(path, format!("IHDR has impossible size {}x{}", self.width, self.height)));
+        if self.width == 0
+            || self.height == 0
+            || self.width > MAX_CHUNK_LEN
+            || self.height > MAX_CHUNK_LEN
+        {
+            return Err(Error::not_png(
+                path,
+                format!("IHDR has impossible size {}x{}", self.width, self.height),
+            ));
         }
         if self.width != self.height {
-            return Err(Error::unsupported(path, format!("image is {}x{}, not square", self.width, self.height)));
+            return Err(Error::unsupported(
+                path,
+                format!("image is {}x{}, not square", self.width, self.height),
+            ));
         }
         if !self.width.is_power_of_two() {
-            return Err(Error::unsupported(path, format!("image side {} is not a power of two", self.width)));
+            return Err(Error::unsupported(
+                path,
+                format!("image side {} is not a power of two", self.width),
+            ));
         }
         if self.color_type != 6 || self.bit_depth != 8 {
             let kind = match self.color_type {
@@ -104,14 +117,23 @@ impl Ihdr {
             };
             return Err(Error::unsupported(
                 path,
-                format!("image is {}-bit {kind} (colour type {}); PixelRTS needs 8-bit RGBA", self.bit_depth, self.color_type),
+                format!(
+                    "image is {}-bit {kind} (colour type {}); PixelRTS needs 8-bit RGBA",
+                    self.bit_depth, self.color_type
+                ),
             ));
         }
         if self.compression != 0 || self.filter != 0 {
-            return Err(Error::not_png(path, "unknown compression or filter method in IHDR"));
+            return Err(Error::not_png(
+                path,
+                "unknown compression or filter method in IHDR",
+            ));
         }
         if self.interlace != 0 {
-            return Err(Error::unsupported(path, "interlaced images are not PixelRTS containers"));
+            return Err(Error::unsupported(
+                path,
+                "interlaced images are not PixelRTS containers",
+            ));
         }
         Ok(u64::from(self.width))
     }
@@ -154,13 +176,22 @@ impl<'a> ChunkWalker<'a> {
         let file_len = file.metadata().at(path)?.len();
         let mut sig = [0u8; 8];
         if file_len < 8 {
-            return Err(Error::not_png(path, format!("file is {file_len} bytes, too short for a PNG signature")));
+            return Err(Error::not_png(
+                path,
+                format!("file is {file_len} bytes, too short for a PNG signature"),
+            ));
         }
         file.read_exact_at(&mut sig, 0).at(path)?;
         if sig != SIGNATURE {
             return Err(Error::not_png(path, "bad PNG signature"));
         }
-        Ok(ChunkWalker { file, path, file_len, next: 8, done: false })
+        Ok(ChunkWalker {
+            file,
+            path,
+            file_len,
+            next: 8,
+            done: false,
+        })
     }
 
     pub fn file_len(&self) -> u64 {
@@ -202,9 +233,16 @@ impl Iterator for ChunkWalker<'_> {
         let kind: [u8; 4] = head[4..8].try_into().unwrap();
         if length > MAX_CHUNK_LEN || !kind.iter().all(u8::is_ascii_alphabetic) {
             self.done = true;
-            return Some(Err(Error::not_png(self.path, format!("malformed chunk header at offset {}", self.next))));
+            return Some(Err(Error::not_png(
+                self.path,
+                format!("malformed chunk header at offset {}", self.next),
+            )));
         }
-        let chunk = ChunkHeader { offset: self.next, length, kind };
+        let chunk = ChunkHeader {
+            offset: self.next,
+            length,
+            kind,
+        };
         if chunk.end() > self.file_len {
             self.done = true;
             return Some(Err(Error::corrupt(
@@ -227,11 +265,21 @@ impl Iterator for ChunkWalker<'_> {
 }
 
 /// Reads and CRC-checks one chunk's data (at most `limit` bytes accepted).
-pub fn read_chunk_data(file: &File, path: &Path, chunk: &ChunkHeader, limit: u32) -> Result<Vec<u8>> {
+pub fn read_chunk_data(
+    file: &File,
+    path: &Path,
+    chunk: &ChunkHeader,
+    limit: u32,
+) -> Result<Vec<u8>> {
     if chunk.length > limit {
         return Err(Error::limit(
             path,
-            format!("{} chunk of {} bytes exceeds the {} bytes allowed", chunk.kind_str(), chunk.length, limit),
+            format!(
+                "{} chunk of {} bytes exceeds the {} bytes allowed",
+                chunk.kind_str(),
+                chunk.length,
+                limit
+            ),
         ));
     }
     let mut buf = vec![0u8; chunk.length as usize + 4];
@@ -239,17 +287,55 @@ pub fn read_chunk_data(file: &File, path: &Path, chunk: &ChunkHeader, limit: u32
     let stored = u32::from_be_bytes(buf[chunk.length as usize..].try_into().unwrap());
     buf.truncate(chunk.length as usize);
     if chunk_crc(&chunk.kind, &buf) != stored {
-        return Err(Error::corrupt(path, format!("CRC mismatch in {} chunk at offset {}", chunk.kind_str(), chunk.offset)));
+        return Err(Error::corrupt(
+            path,
+            format!(
+                "CRC mismatch in {} chunk at offset {}",
+                chunk.kind_str(),
+                chunk.offset
+            ),
+        ));
     }
     Ok(buf)
 }
 
 /// Reads IHDR, which must be the first chunk.
 pub fn read_ihdr(walker: &mut ChunkWalker<'_>, path: &Path) -> Result<Ihdr> {
-    let first = walker.next().ok_or_else(|| Error::not_png(path, "no chunks"))??;
+    let first = walker
+        .next()
+        .ok_or_else(|| Error::not_png(path, "no chunks"))??;
     if &first.kind != b"IHDR" {
         return Err(Error::not_png(path, "first chunk is not IHDR"));
     }
     let data = walker.read_data(&first, 13)?;
     Ihdr::parse(&data).ok_or_else(|| Error::not_png(path, "IHDR is not 13 bytes"))
+}
+
+/// Checks a chunk's CRC, reading its data in blocks (for chunks too large to hold).
+pub fn verify_chunk_crc_streamed(file: &File, path: &Path, chunk: &ChunkHeader) -> Result<()> {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&chunk.kind);
+    let mut buf = vec![0u8; (chunk.length as usize).clamp(1, 1 << 20)];
+    let mut done = 0u64;
+    while done < u64::from(chunk.length) {
+        let n = (u64::from(chunk.length) - done).min(buf.len() as u64) as usize;
+        file.read_exact_at(&mut buf[..n], chunk.data_offset() + done)
+            .at(path)?;
+        h.update(&buf[..n]);
+        done += n as u64;
+    }
+    let mut stored = [0u8; 4];
+    file.read_exact_at(&mut stored, chunk.data_offset() + done)
+        .at(path)?;
+    if h.finalize() != u32::from_be_bytes(stored) {
+        return Err(Error::corrupt(
+            path,
+            format!(
+                "CRC mismatch in {} chunk at offset {}",
+                chunk.kind_str(),
+                chunk.offset
+            ),
+        ));
+    }
+    Ok(())
 }

@@ -48,20 +48,24 @@ impl PieceCompressor {
         let start = out.len();
         if let Some(deflate) = self.deflate.as_mut() {
             let budget = raw.len() + STORED_OVERHEAD;
-            out.reserve(budget + 16);
+            // Room for deflate's worst case, so every call ends with its flush complete: zlib-rs
+            // can panic when a compressor whose output ran short is reset and reused.
+            out.reserve(raw.len() + raw.len() / 8 + 64);
             let before_out = deflate.total_out();
             let before_in = deflate.total_in();
-            // The spare capacity is a hard cap: output that would not beat storing is dropped.
             let status = deflate.compress_vec(raw, out, FlushCompress::Full);
             let produced = (deflate.total_out() - before_out) as usize;
             let consumed = (deflate.total_in() - before_in) as usize;
-            let finished = matches!(status, Ok(Status::Ok)) && consumed == raw.len() && out.ends_with(&[0, 0, 0xff, 0xff]);
-            if finished && produced < budget {
+            let flushed = matches!(status, Ok(Status::Ok))
+                && consumed == raw.len()
+                && out.ends_with(&[0, 0, 0xff, 0xff]);
+            if !flushed {
+                // Never reuse a compressor left mid-stream: start a fresh one.
+                *deflate = Compress::new(Compression::new(self.level.min(9)), false);
+            } else if produced < budget {
                 return produced;
             }
-            // Too big or not flushed within the buffer: start over from a clean state.
             out.truncate(start);
-            deflate.reset();
         }
         store_piece(raw, out);
         out.len() - start
@@ -80,14 +84,22 @@ impl std::fmt::Display for PieceError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             PieceError::Inflate(e) => write!(f, "segment does not inflate: {e}"),
-            PieceError::WrongLength { expected, got } => write!(f, "segment inflates to {got} bytes, expected {expected}"),
-            PieceError::LeftOver { unused } => write!(f, "segment has {unused} bytes left over after its data"),
+            PieceError::WrongLength { expected, got } => {
+                write!(f, "segment inflates to {got} bytes, expected {expected}")
+            }
+            PieceError::LeftOver { unused } => {
+                write!(f, "segment has {unused} bytes left over after its data")
+            }
         }
     }
 }
 
 /// Inflates one piece into `out`, which must be filled exactly, with all input consumed.
-pub fn inflate_piece(compressed: &[u8], out: &mut [u8], inflater: &mut Decompress) -> Result<(), PieceError> {
+pub fn inflate_piece(
+    compressed: &[u8],
+    out: &mut [u8],
+    inflater: &mut Decompress,
+) -> Result<(), PieceError> {
     // Fast path: a single stored block of exactly the right size.
     if compressed.len() == out.len() + STORED_OVERHEAD && compressed[0] == 0x00 {
         let len = u16::from_le_bytes([compressed[1], compressed[2]]);
@@ -104,7 +116,10 @@ pub fn inflate_piece(compressed: &[u8], out: &mut [u8], inflater: &mut Decompres
     let got = inflater.total_out() as usize;
     let used = inflater.total_in() as usize;
     if got != out.len() {
-        return Err(PieceError::WrongLength { expected: out.len(), got });
+        return Err(PieceError::WrongLength {
+            expected: out.len(),
+            got,
+        });
     }
     if used != compressed.len() {
         // The output is full; whatever remains must be nothing but an empty flush block.
@@ -114,12 +129,16 @@ pub fn inflate_piece(compressed: &[u8], out: &mut [u8], inflater: &mut Decompres
         let extra_out = inflater.total_out() as usize - got;
         let extra_in = inflater.total_in() as usize - used;
         if more.is_err() || extra_out != 0 || extra_in != rest.len() {
-            return Err(PieceError::LeftOver { unused: compressed.len() - used });
+            return Err(PieceError::LeftOver {
+                unused: compressed.len() - used,
+            });
         }
     }
     if status == Status::StreamEnd {
         // A final block inside a piece would end the PNG's stream early.
-        return Err(PieceError::Inflate("segment ends the deflate stream".into()));
+        return Err(PieceError::Inflate(
+            "segment ends the deflate stream".into(),
+        ));
     }
     Ok(())
 }
@@ -163,7 +182,11 @@ mod tests {
         let data: Vec<u8> = (0..100_000u32).map(|i| (i * 31 % 251) as u8).collect();
         for split in [0, 1, 5552, 65521, 70000, 100_000] {
             let (a, b) = data.split_at(split);
-            assert_eq!(adler32_combine(adler32(a), adler32(b), b.len() as u64), adler32(&data), "split {split}");
+            assert_eq!(
+                adler32_combine(adler32(a), adler32(b), b.len() as u64),
+                adler32(&data),
+                "split {split}"
+            );
         }
     }
 
@@ -173,7 +196,9 @@ mod tests {
             vec![0u8; 1025],
             (0..1024u32).map(|i| (i * 7919 % 256) as u8).collect(),
             b"hello hello hello hello hello".repeat(30),
-            (0..1024u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect(),
+            (0..1024u32)
+                .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+                .collect(),
         ];
         for level in [0, 1, 6, 9] {
             let mut c = PieceCompressor::new(level);
@@ -190,7 +215,9 @@ mod tests {
             stream.extend_from_slice(&FINAL_EMPTY_BLOCK);
             stream.extend_from_slice(&adler.to_be_bytes());
             let mut all = vec![];
-            flate2::read::ZlibDecoder::new(&stream[..]).read_to_end(&mut all).unwrap();
+            flate2::read::ZlibDecoder::new(&stream[..])
+                .read_to_end(&mut all)
+                .unwrap();
             assert_eq!(all, pieces.concat());
             let mut inflater = Decompress::new(false);
             for (p, span) in pieces.iter().zip(&spans) {
@@ -219,5 +246,22 @@ mod tests {
         let mut out = vec![];
         let n = PieceCompressor::new(1).compress(&raw, &mut out);
         assert_eq!(n, raw.len() + STORED_OVERHEAD);
+    }
+}
+#[cfg(test)]
+mod compressible_pieces {
+    #[test]
+    fn text_piece_shrinks() {
+        let raw: Vec<u8> = b"the quick brown fox jumps over the lazy dog "
+            .iter()
+            .copied()
+            .cycle()
+            .take(1024)
+            .collect();
+        let mut c = super::PieceCompressor::new(1);
+        let mut out = vec![];
+        let n1 = c.compress(&raw, &mut out);
+        let n2 = c.compress(&raw, &mut out);
+        assert!(n1 < 200 && n2 < 200);
     }
 }

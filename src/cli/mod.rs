@@ -1,0 +1,397 @@
+//! The `pixelrts` command line: argument parsing (clap) and the glue from each command to the
+//! library. `main.rs` only calls [`run`].
+
+mod bench_cmd;
+mod progress;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context};
+use clap::{Args, Parser, Subcommand};
+use serde_json::{Map, Value};
+
+use pixelrts::decode::{self, DecodeOptions};
+use pixelrts::encode::{self, EncodeOptions};
+use pixelrts::gpu::{Gpu, GpuMode};
+use pixelrts::Mode;
+
+/// Exit status for a verification that ran and failed (`verify`).
+pub const EXIT_MISMATCH: i32 = 1;
+/// Exit status for errors.
+pub const EXIT_ERROR: i32 = 2;
+
+#[derive(Parser, Debug)]
+#[command(name = "pixelrts", version, about = "Pack any file into a PNG image (PixelRTS v2) and get it back — fast, seekable, verified.", long_about = None)]
+pub struct Cli {
+    /// More logging (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Encode a file into a .rts.png image.
+    #[command(
+        after_help = "Examples:\n  pixelrts encode kernel.bin                 # writes kernel.bin.rts.png and its .meta.json sidecar\n  pixelrts encode app.wasm --mode code       # code mode: pixels show the WebAssembly opcodes\n  pixelrts encode disk.img out.rts.png --type disk --meta arch='\"x86_64\"' --level 6"
+    )]
+    Encode(EncodeArgs),
+    /// Decode a .rts.png image back into the original file.
+    #[command(
+        after_help = "Examples:\n  pixelrts decode kernel.bin.rts.png                # writes kernel.bin\n  pixelrts decode kernel.bin.rts.png - | sha256sum   # to standard output\n  pixelrts decode x.rts.png x.bin --verify --force"
+    )]
+    Decode(DecodeArgs),
+    /// Show a container's metadata and layout without decoding pixels.
+    #[command(
+        after_help = "Examples:\n  pixelrts info kernel.bin.rts.png\n  pixelrts info kernel.bin.rts.png --json | jq .metadata"
+    )]
+    Info(InfoArgs),
+    /// Check that the payload matches its SHA-256 (exit 0 when it does, 1 when not).
+    #[command(after_help = "Example:\n  pixelrts verify kernel.bin.rts.png && echo intact")]
+    Verify(VerifyArgs),
+    /// Benchmark encode/decode and keep a history; check for regressions.
+    #[command(
+        after_help = "Examples:\n  pixelrts bench --sizes 1MiB 10MiB --iterations 3\n  pixelrts bench --check-regression --threshold 0.10\n  pixelrts bench --check-regression --baseline benches/baseline.jsonl"
+    )]
+    Bench(bench_cmd::BenchArgs),
+    /// Report what this machine offers: GPU, FUSE, cores, cache directory.
+    #[command(after_help = "Example:\n  pixelrts doctor --json")]
+    Doctor(DoctorArgs),
+    /// Render the benchmark history as one self-contained HTML page.
+    #[command(
+        after_help = "Example:\n  pixelrts dashboard --results-dir benchmark_results --output dashboard.html"
+    )]
+    Dashboard(bench_cmd::DashboardArgs),
+}
+
+#[derive(Args, Debug)]
+struct EncodeArgs {
+    /// File to encode.
+    input: PathBuf,
+    /// Output image [default: INPUT.rts.png].
+    output: Option<PathBuf>,
+    /// standard (pixels are the bytes) or code (pixels picture WebAssembly opcodes; bytes kept in metadata).
+    #[arg(long, default_value = "standard", value_parser = parse_mode)]
+    mode: Mode,
+    /// Image side in pixels (a power of two that holds the data) [default: smallest that fits].
+    #[arg(long)]
+    grid_size: Option<u64>,
+    /// Content type recorded in the metadata (e.g. kernel, initrd, wasm).
+    #[arg(long = "type")]
+    kind: Option<String>,
+    /// Name recorded in the metadata.
+    #[arg(long)]
+    name: Option<String>,
+    /// Content version recorded in the metadata (stored as content_version).
+    #[arg(long)]
+    content_version: Option<String>,
+    /// Description recorded in the metadata.
+    #[arg(long)]
+    description: Option<String>,
+    /// Extra metadata KEY=VALUE (VALUE is parsed as JSON when it is valid JSON); repeatable.
+    #[arg(long = "meta", value_name = "KEY=VALUE")]
+    meta: Vec<String>,
+    /// Do not write the OUTPUT.meta.json sidecar.
+    #[arg(long)]
+    no_sidecar: bool,
+    /// Worker threads [default: all cores].
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Compression effort 0-9 (0 stores; incompressible data is always stored).
+    #[arg(long, default_value_t = encode::DEFAULT_LEVEL, value_parser = clap::value_parser!(u32).range(0..=9))]
+    level: u32,
+    /// Overwrite OUTPUT if it exists.
+    #[arg(long)]
+    force: bool,
+    /// Print the resulting metadata as JSON.
+    #[arg(long)]
+    json: bool,
+    /// GPU use: auto (only where present and measured to win), on (fail if no usable GPU), off.
+    #[arg(long, default_value = "auto")]
+    gpu: GpuMode,
+}
+
+#[derive(Args, Debug)]
+struct DecodeArgs {
+    /// Image to decode.
+    input: PathBuf,
+    /// Output file, or - for standard output [default: INPUT without .rts.png].
+    output: Option<PathBuf>,
+    /// Check the SHA-256 of the result against the metadata's data_hash.
+    #[arg(long)]
+    verify: bool,
+    /// Overwrite OUTPUT if it exists.
+    #[arg(long)]
+    force: bool,
+    /// Worker threads [default: all cores].
+    #[arg(long)]
+    threads: Option<usize>,
+    /// GPU use: auto (only where present and measured to win), on (fail if no usable GPU), off.
+    #[arg(long, default_value = "auto")]
+    gpu: GpuMode,
+}
+
+#[derive(Args, Debug)]
+struct DoctorArgs {
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+    /// Threads that would be used [default: all cores].
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+#[derive(Args, Debug)]
+struct InfoArgs {
+    /// Image to describe.
+    input: PathBuf,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct VerifyArgs {
+    /// Image to verify.
+    input: PathBuf,
+    /// Worker threads [default: all cores].
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+fn parse_mode(s: &str) -> Result<Mode, String> {
+    s.parse()
+}
+
+/// Runs the command line; returns the process exit status.
+pub fn run() -> i32 {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    match dispatch(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            let _ = std::io::stdout().flush();
+            eprintln!("error: {e:#}");
+            EXIT_ERROR
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PIXELRTS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .without_time()
+        .try_init();
+}
+
+fn dispatch(command: Command) -> anyhow::Result<i32> {
+    match command {
+        Command::Encode(a) => cmd_encode(a),
+        Command::Decode(a) => cmd_decode(a),
+        Command::Info(a) => cmd_info(a),
+        Command::Verify(a) => cmd_verify(a),
+        Command::Bench(a) => bench_cmd::cmd_bench(a),
+        Command::Dashboard(a) => bench_cmd::cmd_dashboard(a),
+        Command::Doctor(a) => {
+            let report = pixelrts::doctor::doctor_report(a.threads.unwrap_or(0));
+            if a.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{report}");
+            }
+            Ok(0)
+        }
+    }
+}
+
+fn user_metadata(a: &EncodeArgs) -> anyhow::Result<Map<String, Value>> {
+    let mut m = Map::new();
+    if let Some(v) = &a.kind {
+        m.insert("type".into(), v.clone().into());
+    }
+    if let Some(v) = &a.name {
+        m.insert("name".into(), v.clone().into());
+    }
+    if let Some(v) = &a.content_version {
+        m.insert("version".into(), v.clone().into());
+    }
+    if let Some(v) = &a.description {
+        m.insert("description".into(), v.clone().into());
+    }
+    for kv in &a.meta {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| anyhow!("--meta {kv:?}: expected KEY=VALUE"))?;
+        if k.is_empty() {
+            bail!("--meta {kv:?}: empty key");
+        }
+        let value =
+            serde_json::from_str::<Value>(v).unwrap_or_else(|_| Value::String(v.to_string()));
+        m.insert(k.to_string(), value);
+    }
+    Ok(m)
+}
+
+/// Applies `--gpu`: `on` fails here, with the reason, when no usable GPU is present. The tile
+/// mapping itself runs on the CPU until the GPU path is measured to win (`gpu::AUTO_GPU_MIN_BYTES`).
+fn check_gpu(mode: GpuMode) -> anyhow::Result<()> {
+    if mode == GpuMode::On {
+        Gpu::open(GpuMode::On)?;
+    }
+    Ok(())
+}
+
+fn cmd_encode(a: EncodeArgs) -> anyhow::Result<i32> {
+    check_gpu(a.gpu)?;
+    let output = a
+        .output
+        .clone()
+        .unwrap_or_else(|| encode::default_output(&a.input));
+    let size = std::fs::metadata(&a.input).map(|m| m.len()).unwrap_or(0);
+    let bar = progress::Bar::new("encoding", size);
+    let opts = EncodeOptions {
+        mode: a.mode,
+        grid_size: a.grid_size,
+        metadata: user_metadata(&a)?,
+        sidecar: !a.no_sidecar,
+        threads: a.threads,
+        level: a.level,
+        overwrite: a.force,
+        progress: Some(bar.callback()),
+        ..Default::default()
+    };
+    let meta = encode::encode_file(&a.input, &output, &opts)?;
+    bar.finish();
+    if a.json {
+        let mut shown = meta.clone();
+        if let Some(Value::String(b64)) = shown.get(pixelrts::format::metadata::B64_KEY) {
+            let len = b64.len();
+            shown.insert(
+                pixelrts::format::metadata::B64_KEY.into(),
+                format!("<{len} base64 characters>").into(),
+            );
+        }
+        println!("{}", serde_json::to_string_pretty(&Value::Object(shown))?);
+    } else {
+        eprintln!(
+            "{} -> {} ({} bytes, grid {}x{}, sha256 {})",
+            a.input.display(),
+            output.display(),
+            meta["data_size"],
+            meta["grid_size"],
+            meta["grid_size"],
+            meta["data_hash"].as_str().unwrap_or("")
+        );
+    }
+    Ok(0)
+}
+
+fn cmd_decode(a: DecodeArgs) -> anyhow::Result<i32> {
+    check_gpu(a.gpu)?;
+    let to_stdout = a.output.as_deref() == Some(Path::new("-"));
+    let output = a
+        .output
+        .clone()
+        .unwrap_or_else(|| decode::default_output(&a.input));
+    let bar = progress::Bar::new("decoding", 0);
+    let opts = DecodeOptions {
+        verify: a.verify,
+        overwrite: a.force,
+        threads: a.threads,
+        progress: Some(bar.callback()),
+    };
+    let report = if to_stdout {
+        let mut stdout = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout());
+        decode::decode_to_writer(&a.input, &mut stdout, &opts)?
+    } else {
+        decode::decode_file(&a.input, &output, &opts)?
+    };
+    bar.finish();
+    if !to_stdout {
+        eprintln!(
+            "{} -> {} ({} bytes{})",
+            a.input.display(),
+            output.display(),
+            report.bytes,
+            if a.verify { ", sha256 verified" } else { "" }
+        );
+    }
+    Ok(0)
+}
+
+fn cmd_info(a: InfoArgs) -> anyhow::Result<i32> {
+    let container = decode::Container::open(&a.input)?;
+    let info = container.info();
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&info)?);
+        return Ok(0);
+    }
+    println!("file:       {}", a.input.display());
+    println!("grid:       {0}x{0}", container.grid);
+    println!("data size:  {} bytes", container.metadata.data_size);
+    println!("encoding:   {}", container.metadata.mode.encoding_type());
+    println!(
+        "hash:       {}",
+        container.metadata.data_hash.as_deref().unwrap_or("(none)")
+    );
+    println!(
+        "metadata:   {}",
+        info["metadata_source"].as_str().unwrap_or("")
+    );
+    match &info.get("segments") {
+        Some(s) => println!(
+            "seekable:   yes — {} tiles of {}x{} px, {} pieces of {} bytes, IDAT chunks of {} bytes",
+            s["tiles"], s["tile_side"], s["tile_side"], s["pieces"], s["piece_bytes"], s["idat_chunk_size"]
+        ),
+        None => println!("seekable:   no (plain PNG stream)"),
+    }
+    if let Some(w) = info.get("warning") {
+        println!("warning:    {}", w.as_str().unwrap_or(""));
+    }
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&info["metadata"]).context("metadata")?
+    );
+    Ok(0)
+}
+
+fn cmd_verify(a: VerifyArgs) -> anyhow::Result<i32> {
+    let report = match decode::verify_file(&a.input, a.threads) {
+        Ok(r) => r,
+        // Damaged pixel data is a payload that does not match: exit 1, like a hash mismatch.
+        Err(e @ pixelrts::Error::Corrupt { .. }) => {
+            eprintln!("error: {e}");
+            println!("{}: FAILED", a.input.display());
+            return Ok(EXIT_MISMATCH);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if report.ok() {
+        println!(
+            "{}: OK ({} bytes, sha256 {})",
+            a.input.display(),
+            report.bytes,
+            report.actual
+        );
+        Ok(0)
+    } else {
+        println!(
+            "{}: hash mismatch: expected {}, got {}",
+            a.input.display(),
+            report.expected,
+            report.actual
+        );
+        Ok(EXIT_MISMATCH)
+    }
+}

@@ -1,0 +1,284 @@
+//! Decoding files written with the seekable layout: any tile inflates on its own from the
+//! pieces the `rtIX` index points at, and is checked against the tile's CRC before use.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use flate2::Decompress;
+use std::os::unix::fs::FileExt;
+
+use crate::error::{Error, IoContext, Result};
+use crate::format::hilbert::{gather_tile, TileTables};
+use crate::format::index::IndexHeader;
+use crate::format::png::ChunkHeader;
+use crate::format::segment::{inflate_piece, STORED_OVERHEAD, ZLIB_HEADER};
+
+/// An open seekable image: the index tables that are small enough to keep (stripe starts and
+/// tile CRCs), and the file mapped for piece reads.
+pub struct SeekableImage {
+    path: PathBuf,
+    pub header: IndexHeader,
+    pub tables: TileTables,
+    file: File,
+    index_data_offset: u64,
+    first_idat_offset: u64,
+    stripe_starts: Vec<u64>,
+    tile_crcs: Vec<u32>,
+}
+
+/// Reusable per-thread state for tile decoding.
+pub struct TileScratch {
+    inflater: Decompress,
+    piece: Vec<u8>,
+    with_filter: Vec<u8>,
+    pub tile: Vec<u8>,
+}
+
+impl TileScratch {
+    pub fn new(image: &SeekableImage) -> Self {
+        TileScratch {
+            inflater: Decompress::new(false),
+            piece: Vec::with_capacity(4 * image.tables.tile_side() as usize + 1),
+            with_filter: vec![0u8; 4 * image.tables.tile_side() as usize + 1],
+            tile: vec![0u8; 4 * image.tables.tile_pixels() as usize],
+        }
+    }
+}
+
+impl SeekableImage {
+    /// Opens the image given its index chunk and first IDAT chunk; validates the index header,
+    /// its CRC and the IDAT framing of the whole stream.
+    pub fn open(
+        path: &Path,
+        file: &File,
+        grid: u64,
+        index_chunk: &ChunkHeader,
+        first_idat: &ChunkHeader,
+    ) -> Result<Self> {
+        let corrupt = |reason: String| Error::corrupt(path, format!("seekable index: {reason}"));
+        crate::format::png::verify_chunk_crc_streamed(file, path, index_chunk)?;
+        let file = file.try_clone().at(path)?;
+        let data_off = index_chunk.data_offset();
+        let mut header_bytes =
+            vec![0u8; (index_chunk.length as usize).min(crate::format::index::HEADER_LEN)];
+        file.read_exact_at(&mut header_bytes, data_off).at(path)?;
+        let header = IndexHeader::parse(&header_bytes, grid, u64::from(index_chunk.length))
+            .map_err(corrupt)?;
+        let tables = TileTables::new(grid, header.tile_side());
+        let m = header.tiles_per_side() as usize;
+        // Stripe starts and tile CRCs: small (16 KiB per GiB), kept in memory.
+        let mut table =
+            vec![0u8; (header.piece_table_offset() - header.stripe_table_offset()) as usize];
+        file.read_exact_at(&mut table, data_off + header.stripe_table_offset())
+            .at(path)?;
+        let (stripe_bytes, crc_bytes) = table.split_at(8 * m);
+        let stripe_starts: Vec<u64> = stripe_bytes
+            .chunks_exact(8)
+            .map(|b| u64::from_be_bytes(b.try_into().unwrap()))
+            .collect();
+        let tile_crcs: Vec<u32> = crc_bytes
+            .chunks_exact(4)
+            .map(|b| u32::from_be_bytes(b.try_into().unwrap()))
+            .collect();
+        if stripe_starts.windows(2).any(|w| w[0] >= w[1])
+            || stripe_starts.first() != Some(&2)
+            || stripe_starts[m - 1] >= header.pieces_end
+        {
+            return Err(corrupt(
+                "stripe offsets are not increasing from the stream start".into(),
+            ));
+        }
+        let image = SeekableImage {
+            path: path.to_path_buf(),
+            header,
+            tables,
+            file,
+            index_data_offset: index_chunk.data_offset(),
+            first_idat_offset: first_idat.offset,
+            stripe_starts,
+            tile_crcs,
+        };
+        image.check_idat_framing()?;
+        let mut zlib = [0u8; 2];
+        image.read_stream(0, &mut zlib)?;
+        if zlib != ZLIB_HEADER {
+            return Err(corrupt(
+                "zlib stream does not start with the header this layout writes".into(),
+            ));
+        }
+        Ok(image)
+    }
+
+    /// Every IDAT chunk header must sit where the fixed chunk size puts it.
+    fn check_idat_framing(&self) -> Result<()> {
+        let c = u64::from(self.header.idat_chunk_size);
+        let chunks = self.header.stream_length.div_ceil(c);
+        let end = self.first_idat_offset + chunks * 12 + self.header.stream_length;
+        let file_len = self.file.metadata().at(&self.path)?.len();
+        if end > file_len {
+            return Err(Error::corrupt(
+                &self.path,
+                format!("file truncated: image data needs {end} bytes, file has {file_len}"),
+            ));
+        }
+        let mut head = [0u8; 8];
+        for k in 0..chunks {
+            let at = self.first_idat_offset + k * (c + 12);
+            let len = c.min(self.header.stream_length - k * c);
+            self.file.read_exact_at(&mut head, at).at(&self.path)?;
+            if head[0..4] != (len as u32).to_be_bytes() || &head[4..8] != b"IDAT" {
+                return Err(Error::corrupt(
+                    &self.path,
+                    format!("IDAT chunk {k} at offset {at} does not match the index"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Copies `out.len()` bytes of the zlib stream from stream offset `at` (positional reads:
+    /// a tile's pieces lie a scanline apart, and mapping them would make resident memory grow
+    /// with the image width). IDAT framing was checked at open.
+    fn read_stream(&self, mut at: u64, mut out: &mut [u8]) -> Result<()> {
+        let c = u64::from(self.header.idat_chunk_size);
+        if at + out.len() as u64 > self.header.stream_length {
+            return Err(Error::corrupt(
+                &self.path,
+                "segment lies outside the image data",
+            ));
+        }
+        while !out.is_empty() {
+            let within = at % c;
+            let chunk_len = c.min(self.header.stream_length - at / c * c);
+            let take = ((chunk_len - within) as usize).min(out.len());
+            self.file
+                .read_exact_at(&mut out[..take], self.stream_to_file_offset(at))
+                .at(&self.path)?;
+            out = &mut out[take..];
+            at += take as u64;
+        }
+        Ok(())
+    }
+
+    fn stream_to_file_offset(&self, at: u64) -> u64 {
+        let c = u64::from(self.header.idat_chunk_size);
+        self.first_idat_offset + (at / c) * (c + 12) + 8 + at % c
+    }
+
+    fn piece_table(&self, stripe: u64, column: u64) -> Result<Vec<u64>> {
+        let side = self.header.tile_side() as usize;
+        let mut raw = vec![0u8; 4 * side];
+        let at = self.index_data_offset + self.header.piece_offsets_of(stripe, column);
+        self.file.read_exact_at(&mut raw, at).at(&self.path)?;
+        Ok(raw
+            .chunks_exact(4)
+            .map(|b| u64::from(u32::from_be_bytes(b.try_into().unwrap())))
+            .collect())
+    }
+
+    /// Stream offset and length of each piece of the tile at (`column`, `stripe`).
+    fn piece_spans(&self, stripe: u64, column: u64) -> Result<Vec<(u64, u64)>> {
+        let side = self.header.tile_side() as usize;
+        let m = self.header.tiles_per_side();
+        let start = self.stripe_starts[stripe as usize];
+        let end = if stripe + 1 < m {
+            self.stripe_starts[stripe as usize + 1]
+        } else {
+            self.header.pieces_end
+        };
+        let own = self.piece_table(stripe, column)?;
+        let next: Vec<u64> = if column + 1 < m {
+            self.piece_table(stripe, column + 1)?
+        } else {
+            let firsts = self.piece_table(stripe, 0)?;
+            (0..side)
+                .map(|r| {
+                    if r + 1 < side {
+                        firsts[r + 1]
+                    } else {
+                        end - start
+                    }
+                })
+                .collect()
+        };
+        let max_len = 4 * self.header.tile_side() + 1 + STORED_OVERHEAD as u64;
+        own.iter()
+            .zip(&next)
+            .map(|(&a, &b)| {
+                if b <= a || b - a > max_len || start + b > end {
+                    Err(Error::corrupt(
+                        &self.path,
+                        format!("index entry for tile ({column}, {stripe}) is out of range"),
+                    ))
+                } else {
+                    Ok((start + a, b - a))
+                }
+            })
+            .collect()
+    }
+
+    /// Inflates tile `j` (Hilbert order among tiles) into `scratch.tile` (row-major pixels) and
+    /// checks its CRC.
+    pub fn decode_tile(&self, j: u64, scratch: &mut TileScratch) -> Result<()> {
+        let place = self.tables.place_of(j);
+        let spans = self.piece_spans(place.row, place.column)?;
+        let row_bytes = 4 * self.tables.tile_side() as usize;
+        let first_column = place.column == 0;
+        for (r, &(at, len)) in spans.iter().enumerate() {
+            scratch.piece.resize(len as usize, 0);
+            self.read_stream(at, &mut scratch.piece)?;
+            let row = &mut scratch.tile[r * row_bytes..(r + 1) * row_bytes];
+            let result = if first_column {
+                // The scanline's filter byte comes first; this layout always writes 0 (None).
+                let with_filter = &mut scratch.with_filter;
+                let res = inflate_piece(&scratch.piece, with_filter, &mut scratch.inflater);
+                if res.is_ok() {
+                    if with_filter[0] != 0 {
+                        return Err(Error::corrupt(
+                            &self.path,
+                            format!(
+                                "scanline {} uses filter {}, not None",
+                                place.row * self.tables.tile_side() + r as u64,
+                                with_filter[0]
+                            ),
+                        ));
+                    }
+                    row.copy_from_slice(&with_filter[1..]);
+                }
+                res
+            } else {
+                inflate_piece(&scratch.piece, row, &mut scratch.inflater)
+            };
+            result.map_err(|e| Error::corrupt(&self.path, format!("tile {j}, row {r}: {e}")))?;
+        }
+        let crc = crc32fast::hash(&scratch.tile);
+        if crc != self.tile_crcs[j as usize] {
+            return Err(Error::corrupt(
+                &self.path,
+                format!(
+                    "tile {j} fails its CRC check (stored {:08x}, computed {crc:08x})",
+                    self.tile_crcs[j as usize]
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Decodes tile `j` and writes its payload bytes (Hilbert order) into `out`, which covers
+    /// the start of the tile's payload (it may be shorter than a whole tile).
+    pub fn decode_tile_payload(
+        &self,
+        j: u64,
+        scratch: &mut TileScratch,
+        out: &mut [u8],
+    ) -> Result<()> {
+        self.decode_tile(j, scratch)?;
+        let place = self.tables.place_of(j);
+        gather_tile(self.tables.positions(&place), &scratch.tile, out);
+        Ok(())
+    }
+}
