@@ -102,6 +102,19 @@ pub fn code_colour(input: &[u8], out: &mut [u8]) {
     }
 }
 
+/// WebAssembly modules start with these four bytes.
+pub const WASM_MAGIC: &[u8; 4] = b"\0asm";
+
+/// Whether code mode draws `data` as code (otherwise it keeps the standard pixels).
+pub fn is_wasm(data: &[u8]) -> bool {
+    data.starts_with(WASM_MAGIC)
+}
+
+/// Base64 length of `n` bytes (standard alphabet, padded).
+pub fn b64_len(n: u64) -> u64 {
+    n.div_ceil(3) * 4
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,17 +184,4 @@ mod tests {
             assert_eq!(got, want, "pixel d={d} at ({x},{y})");
         }
     }
-}
-
-/// WebAssembly modules start with these four bytes.
-pub const WASM_MAGIC: &[u8; 4] = b"\0asm";
-
-/// Whether code mode draws `data` as code (otherwise it keeps the standard pixels).
-pub fn is_wasm(data: &[u8]) -> bool {
-    data.starts_with(WASM_MAGIC)
-}
-
-/// Base64 length of `n` bytes (standard alphabet, padded).
-pub fn b64_len(n: u64) -> u64 {
-    n.div_ceil(3) * 4
 }

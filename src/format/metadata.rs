@@ -170,6 +170,9 @@ pub enum B64Source {
     Inline(String),
 }
 
+/// Metadata found in a text chunk: the JSON (payload value excised) and where the payload is.
+pub type FoundMetadata = (Map<String, Value>, Option<B64Source>);
+
 /// Where the metadata came from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MetadataSource {
@@ -390,7 +393,7 @@ pub fn read_text_chunk(
     file: &File,
     path: &Path,
     chunk: &ChunkHeader,
-) -> Result<Option<(Map<String, Value>, Option<B64Source>)>> {
+) -> Result<Option<FoundMetadata>> {
     let kind = &chunk.kind;
     // Keyword (1-79 bytes) and a NUL come first in all three chunk types.
     let head_len = chunk.length.min(80 + 2 + 80) as usize;
@@ -473,11 +476,7 @@ pub fn read_text_chunk(
     Ok(Some((map, b64)))
 }
 
-fn read_itxt_slow(
-    file: &File,
-    path: &Path,
-    chunk: &ChunkHeader,
-) -> Result<Option<(Map<String, Value>, Option<B64Source>)>> {
+fn read_itxt_slow(file: &File, path: &Path, chunk: &ChunkHeader) -> Result<Option<FoundMetadata>> {
     // Language or translated keyword longer than our header read: rare; read the whole chunk.
     let data = crate::format::png::read_chunk_data(file, path, chunk, MAX_METADATA_TEXT as u32)?;
     // keyword\0 flag method language\0 translated-keyword\0 text
