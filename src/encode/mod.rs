@@ -193,7 +193,8 @@ struct TileJob<'a> {
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum TileKind {
-    /// No data at all: every piece is the precomputed zero piece.
+    /// All pixels zero (no data, or data that is all zeros): every piece is the precomputed
+    /// zero piece.
     Empty,
     /// Sampled as incompressible: pieces are stored.
     Stored,
@@ -476,14 +477,12 @@ fn encode_core<W: Write + Seek + Send>(
 
 /// Decides how a tile's pieces are coded from a small sample of its payload.
 fn classify(payload: &[u8], level: u32) -> TileKind {
-    if payload.is_empty() {
+    // An all-zero tile has exactly the pixels of a tile past the data: reuse the zero pieces.
+    if payload.iter().all(|&b| b == 0) {
         return TileKind::Empty;
     }
     if level == 0 {
         return TileKind::Stored;
-    }
-    if payload.iter().all(|&b| b == 0) {
-        return TileKind::Deflated;
     }
     // Two 1 KiB samples, from the start and the middle: compressing them costs well under 1%
     // of the tile, and random data then skips deflate entirely.
