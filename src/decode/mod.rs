@@ -554,13 +554,7 @@ fn decode_seekable(
                 break;
             };
             buf.resize(len.max(buf.len()), 0);
-            let decoded: Result<()> = buf[..len]
-                .par_chunks_mut(tile_bytes as usize)
-                .enumerate()
-                .try_for_each_init(
-                    || TileScratch::new(image),
-                    |scratch, (k, part)| image.decode_tile_payload(first + k as u64, scratch, part),
-                );
+            let decoded = decode_batch(image, first, last, tile_bytes, &mut buf[..len]);
             if let Err(e) = decoded {
                 result = Err(e);
                 break;
@@ -578,4 +572,44 @@ fn decode_seekable(
         result?;
         written.map_err(|e| Error::io("<output>", e))
     })
+}
+
+/// Decodes tiles `first..last` into `out` (their payloads, in order). Tiles of the batch that
+/// sit side by side in a stripe are decoded together, one read per scanline for all of them.
+fn decode_batch(
+    image: &SeekableImage,
+    first: u64,
+    last: u64,
+    tile_bytes: u64,
+    out: &mut [u8],
+) -> Result<()> {
+    /// Longest run of adjacent tiles decoded by one task.
+    const MAX_RUN: usize = 8;
+    let mut slots: Vec<Option<&mut [u8]>> = out.chunks_mut(tile_bytes as usize).map(Some).collect();
+    let mut places: Vec<(u64, u64, u64)> = (first..last)
+        .map(|j| {
+            let p = image.tables.place_of(j);
+            (p.row, p.column, j)
+        })
+        .collect();
+    places.sort_unstable();
+    let mut runs: Vec<(u64, u64, Vec<u64>, Vec<&mut [u8]>)> = Vec::new();
+    for (stripe, column, j) in places {
+        let slot = slots[(j - first) as usize].take().expect("each tile once");
+        match runs.last_mut() {
+            Some((s, c0, tiles, outs))
+                if *s == stripe && *c0 + tiles.len() as u64 == column && tiles.len() < MAX_RUN =>
+            {
+                tiles.push(j);
+                outs.push(slot);
+            }
+            _ => runs.push((stripe, column, vec![j], vec![slot])),
+        }
+    }
+    runs.into_par_iter().try_for_each_init(
+        || (TileScratch::new(image), Vec::new()),
+        |(scratch, run_buf), (stripe, c0, tiles, mut outs)| {
+            image.decode_run(stripe, c0, &tiles, &mut outs, scratch, run_buf)
+        },
+    )
 }

@@ -32,6 +32,7 @@ pub struct TileScratch {
     piece: Vec<u8>,
     with_filter: Vec<u8>,
     pub tile: Vec<u8>,
+    run_pixels: Vec<u8>,
 }
 
 impl TileScratch {
@@ -41,6 +42,7 @@ impl TileScratch {
             piece: Vec::with_capacity(4 * image.tables.tile_side() as usize + 1),
             with_filter: vec![0u8; 4 * image.tables.tile_side() as usize + 1],
             tile: vec![0u8; 4 * image.tables.tile_pixels() as usize],
+            run_pixels: Vec::new(),
         }
     }
 }
@@ -227,35 +229,158 @@ impl SeekableImage {
         let place = self.tables.place_of(j);
         let spans = self.piece_spans(place.row, place.column)?;
         let row_bytes = 4 * self.tables.tile_side() as usize;
-        let first_column = place.column == 0;
         for (r, &(at, len)) in spans.iter().enumerate() {
-            scratch.piece.resize(len as usize, 0);
-            self.read_stream(at, &mut scratch.piece)?;
-            let row = &mut scratch.tile[r * row_bytes..(r + 1) * row_bytes];
-            let result = if first_column {
-                // The scanline's filter byte comes first; this layout always writes 0 (None).
-                let with_filter = &mut scratch.with_filter;
-                let res = inflate_piece(&scratch.piece, with_filter, &mut scratch.inflater);
-                if res.is_ok() {
-                    if with_filter[0] != 0 {
-                        return Err(Error::corrupt(
-                            &self.path,
-                            format!(
-                                "scanline {} uses filter {}, not None",
-                                place.row * self.tables.tile_side() + r as u64,
-                                with_filter[0]
-                            ),
-                        ));
-                    }
-                    row.copy_from_slice(&with_filter[1..]);
-                }
+            let mut piece = std::mem::take(&mut scratch.piece);
+            piece.resize(len as usize, 0);
+            let read = self.read_stream(at, &mut piece);
+            let inflated = read.and_then(|()| {
+                let mut tile = std::mem::take(&mut scratch.tile);
+                let res = self.inflate_row(
+                    j,
+                    place.row,
+                    place.column,
+                    r,
+                    &piece,
+                    scratch,
+                    &mut tile[r * row_bytes..(r + 1) * row_bytes],
+                );
+                scratch.tile = tile;
                 res
-            } else {
-                inflate_piece(&scratch.piece, row, &mut scratch.inflater)
-            };
-            result.map_err(|e| Error::corrupt(&self.path, format!("tile {j}, row {r}: {e}")))?;
+            });
+            scratch.piece = piece;
+            inflated?;
         }
-        let crc = crc32fast::hash(&scratch.tile);
+        self.check_tile_crc(j, &scratch.tile)
+    }
+
+    /// Inflates one piece (row `r` of the tile at `column`, `stripe`) into `row`.
+    #[allow(clippy::too_many_arguments)]
+    fn inflate_row(
+        &self,
+        j: u64,
+        stripe: u64,
+        column: u64,
+        r: usize,
+        piece: &[u8],
+        scratch: &mut TileScratch,
+        row: &mut [u8],
+    ) -> Result<()> {
+        let result = if column == 0 {
+            // The scanline's filter byte comes first; this layout always writes 0 (None).
+            let with_filter = &mut scratch.with_filter;
+            let res = inflate_piece(piece, with_filter, &mut scratch.inflater);
+            if res.is_ok() {
+                if with_filter[0] != 0 {
+                    return Err(Error::corrupt(
+                        &self.path,
+                        format!(
+                            "scanline {} uses filter {}, not None",
+                            stripe * self.tables.tile_side() + r as u64,
+                            with_filter[0]
+                        ),
+                    ));
+                }
+                row.copy_from_slice(&with_filter[1..]);
+            }
+            res
+        } else {
+            inflate_piece(piece, row, &mut scratch.inflater)
+        };
+        result.map_err(|e| Error::corrupt(&self.path, format!("tile {j}, row {r}: {e}")))
+    }
+
+    /// Decodes the tiles of one stripe at consecutive columns `first_column..` together:
+    /// their pieces in each scanline are adjacent in the stream, so one read per scanline
+    /// fetches all of them. `outputs[k]` receives the payload of the tile at
+    /// `first_column + k` (Hilbert index `tiles[k]`).
+    pub fn decode_run(
+        &self,
+        stripe: u64,
+        first_column: u64,
+        tiles: &[u64],
+        outputs: &mut [&mut [u8]],
+        scratch: &mut TileScratch,
+        run_buf: &mut Vec<u8>,
+    ) -> Result<()> {
+        let spans: Vec<Vec<(u64, u64)>> = (0..tiles.len() as u64)
+            .map(|k| self.piece_spans(stripe, first_column + k))
+            .collect::<Result<_>>()?;
+        let tile_len = scratch.tile.len();
+        let mut pixels = std::mem::take(&mut scratch.run_pixels);
+        pixels.resize(tile_len * tiles.len(), 0);
+        let result = self.decode_run_into(
+            stripe,
+            first_column,
+            tiles,
+            outputs,
+            scratch,
+            run_buf,
+            &spans,
+            &mut pixels,
+        );
+        scratch.run_pixels = pixels;
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn decode_run_into(
+        &self,
+        stripe: u64,
+        first_column: u64,
+        tiles: &[u64],
+        outputs: &mut [&mut [u8]],
+        scratch: &mut TileScratch,
+        run_buf: &mut Vec<u8>,
+        spans: &[Vec<(u64, u64)>],
+        pixels: &mut [u8],
+    ) -> Result<()> {
+        let row_bytes = 4 * self.tables.tile_side() as usize;
+        let tile_len = scratch.tile.len();
+        for r in 0..self.tables.tile_side() as usize {
+            let start = spans[0][r].0;
+            let (last_at, last_len) = spans[tiles.len() - 1][r];
+            let end = last_at + last_len;
+            if end <= start || end - start > (tiles.len() * (row_bytes + 16)) as u64 {
+                return Err(Error::corrupt(
+                    &self.path,
+                    format!("index entries for stripe {stripe} are out of order"),
+                ));
+            }
+            run_buf.resize((end - start) as usize, 0);
+            self.read_stream(start, run_buf)?;
+            for (k, tile_spans) in spans.iter().enumerate() {
+                let (at, len) = tile_spans[r];
+                if at < start || at + len > end {
+                    return Err(Error::corrupt(
+                        &self.path,
+                        format!("index entries for stripe {stripe} overlap"),
+                    ));
+                }
+                let piece = &run_buf[(at - start) as usize..(at - start + len) as usize];
+                let row =
+                    &mut pixels[k * tile_len + r * row_bytes..k * tile_len + (r + 1) * row_bytes];
+                self.inflate_row(
+                    tiles[k],
+                    stripe,
+                    first_column + k as u64,
+                    r,
+                    piece,
+                    scratch,
+                    row,
+                )?;
+            }
+        }
+        for (k, (&j, out)) in tiles.iter().zip(outputs.iter_mut()).enumerate() {
+            let tile = &pixels[k * tile_len..(k + 1) * tile_len];
+            self.check_tile_crc(j, tile)?;
+            let place = self.tables.place_of(j);
+            gather_tile(self.tables.positions(&place), tile, out);
+        }
+        Ok(())
+    }
+
+    fn check_tile_crc(&self, j: u64, tile: &[u8]) -> Result<()> {
+        let crc = crc32fast::hash(tile);
         if crc != self.tile_crcs[j as usize] {
             return Err(Error::corrupt(
                 &self.path,
