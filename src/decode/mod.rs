@@ -574,6 +574,9 @@ fn decode_seekable(
     })
 }
 
+/// Adjacent tiles of one stripe: (stripe, first column, Hilbert indices, output slots).
+type TileRun<'a> = (u64, u64, Vec<u64>, Vec<&'a mut [u8]>);
+
 /// Decodes tiles `first..last` into `out` (their payloads, in order). Tiles of the batch that
 /// sit side by side in a stripe are decoded together, one read per scanline for all of them.
 fn decode_batch(
@@ -593,7 +596,7 @@ fn decode_batch(
         })
         .collect();
     places.sort_unstable();
-    let mut runs: Vec<(u64, u64, Vec<u64>, Vec<&mut [u8]>)> = Vec::new();
+    let mut runs: Vec<TileRun<'_>> = Vec::new();
     for (stripe, column, j) in places {
         let slot = slots[(j - first) as usize].take().expect("each tile once");
         match runs.last_mut() {
