@@ -167,3 +167,21 @@ pub fn write_atomically(path: &Path, contents: &[u8], overwrite: bool) -> Result
     out.file.write_all(contents).at(path)?;
     out.commit(false)
 }
+
+/// Runs `f` on a rayon pool of `threads` workers (None: the global pool, all cores).
+pub fn with_threads<T: Send>(
+    threads: Option<usize>,
+    f: impl FnOnce() -> Result<T> + Send,
+) -> Result<T> {
+    match threads {
+        Some(0) => Err(Error::InvalidArgument(
+            "--threads must be at least 1".into(),
+        )),
+        Some(n) => rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build()
+            .map_err(|e| Error::InvalidArgument(format!("cannot start {n} threads: {e}")))?
+            .install(f),
+        None => f(),
+    }
+}

@@ -25,7 +25,7 @@ use crate::encode::{hex, Progress};
 use crate::error::{Error, IoContext, Result};
 use crate::format::metadata::{self, B64Source, Metadata, MetadataSource};
 use crate::format::png::{read_ihdr, ChunkHeader, ChunkWalker};
-use crate::io_util::AtomicOutput;
+use crate::io_util::{with_threads, AtomicOutput};
 
 /// How to decode.
 #[derive(Clone, Default)]
@@ -243,7 +243,7 @@ pub fn default_output(input: &Path) -> PathBuf {
 pub fn decode_file(input: &Path, output: &Path, opts: &DecodeOptions) -> Result<DecodeReport> {
     let container = Container::open(input)?;
     let out = AtomicOutput::create(output, opts.overwrite)?;
-    let report = with_threads(opts, || {
+    let report = with_threads(opts.threads, || {
         decode_container(&container, Sink::File(&out.file), opts)
     })?;
     out.commit(false)?;
@@ -257,7 +257,7 @@ pub fn decode_to_writer(
     opts: &DecodeOptions,
 ) -> Result<DecodeReport> {
     let container = Container::open(input)?;
-    with_threads(opts, || {
+    with_threads(opts.threads, || {
         decode_container(&container, Sink::Stream(out), opts)
     })
 }
@@ -305,7 +305,7 @@ pub fn verify_file(input: &Path, threads: Option<usize>) -> Result<VerifyReport>
         ..Default::default()
     };
     let mut sink = std::io::sink();
-    let report = with_threads(&opts, || {
+    let report = with_threads(opts.threads, || {
         decode_container(&container, Sink::Stream(&mut sink), &opts)
     })?;
     Ok(VerifyReport {
@@ -313,20 +313,6 @@ pub fn verify_file(input: &Path, threads: Option<usize>) -> Result<VerifyReport>
         actual: report.sha256,
         bytes: report.bytes,
     })
-}
-
-fn with_threads<T: Send>(opts: &DecodeOptions, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
-    match opts.threads {
-        Some(0) => Err(Error::InvalidArgument(
-            "--threads must be at least 1".into(),
-        )),
-        Some(n) => rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build()
-            .map_err(|e| Error::InvalidArgument(format!("cannot start {n} threads: {e}")))?
-            .install(f),
-        None => f(),
-    }
 }
 
 /// Where decoded bytes go.

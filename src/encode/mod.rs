@@ -26,7 +26,7 @@ use crate::format::index::{self, IndexHeader};
 use crate::format::metadata::{self, Mode, HASH_PLACEHOLDER};
 use crate::format::png::{chunk_bytes, Ihdr, SIGNATURE};
 use crate::format::segment::{adler32, PieceCompressor, ZLIB_HEADER};
-use crate::io_util::{AtomicOutput, MappedInput};
+use crate::io_util::{with_threads, AtomicOutput, MappedInput};
 use writer::{GroupOutput, StreamWriter};
 
 /// Called with (bytes done, bytes total) as work completes.
@@ -169,19 +169,9 @@ fn encode_with<W: Write + Seek + Send>(
     opts: &EncodeOptions,
     out_path: &Path,
 ) -> Result<Map<String, Value>> {
-    match opts.threads {
-        Some(n) if n > 0 => {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(n)
-                .build()
-                .map_err(|e| Error::InvalidArgument(format!("cannot start {n} threads: {e}")))?;
-            pool.install(|| encode_core(data, release, out, opts, out_path))
-        }
-        Some(_) => Err(Error::InvalidArgument(
-            "--threads must be at least 1".into(),
-        )),
-        None => encode_core(data, release, out, opts, out_path),
-    }
+    with_threads(opts.threads, || {
+        encode_core(data, release, out, opts, out_path)
+    })
 }
 
 /// What one tile column contributes to a stripe.

@@ -287,14 +287,7 @@ pub fn read_chunk_data(
     let stored = u32::from_be_bytes(buf[chunk.length as usize..].try_into().unwrap());
     buf.truncate(chunk.length as usize);
     if chunk_crc(&chunk.kind, &buf) != stored {
-        return Err(Error::corrupt(
-            path,
-            format!(
-                "CRC mismatch in {} chunk at offset {}",
-                chunk.kind_str(),
-                chunk.offset
-            ),
-        ));
+        return Err(crc_mismatch(path, chunk));
     }
     Ok(buf)
 }
@@ -328,14 +321,18 @@ pub fn verify_chunk_crc_streamed(file: &File, path: &Path, chunk: &ChunkHeader) 
     file.read_exact_at(&mut stored, chunk.data_offset() + done)
         .at(path)?;
     if h.finalize() != u32::from_be_bytes(stored) {
-        return Err(Error::corrupt(
-            path,
-            format!(
-                "CRC mismatch in {} chunk at offset {}",
-                chunk.kind_str(),
-                chunk.offset
-            ),
-        ));
+        return Err(crc_mismatch(path, chunk));
     }
     Ok(())
+}
+
+fn crc_mismatch(path: &Path, chunk: &ChunkHeader) -> Error {
+    Error::corrupt(
+        path,
+        format!(
+            "CRC mismatch in {} chunk at offset {}",
+            chunk.kind_str(),
+            chunk.offset
+        ),
+    )
 }
