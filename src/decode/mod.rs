@@ -332,7 +332,12 @@ struct HashingWriter<'a> {
 impl HashingWriter<'_> {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         match &mut self.sink {
-            Sink::File(f) => f.write_all_at(bytes, self.written)?,
+            Sink::File(f) => {
+                // Sequential writes of at most 1 MiB: measured faster than one large pwrite.
+                for part in bytes.chunks(1 << 20) {
+                    (&**f).write_all(part)?;
+                }
+            }
             Sink::Stream(w) => w.write_all(bytes)?,
         }
         self.sha.update(bytes);
