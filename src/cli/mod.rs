@@ -96,7 +96,7 @@ struct EncodeArgs {
     /// Do not write the OUTPUT.meta.json sidecar.
     #[arg(long)]
     no_sidecar: bool,
-    /// Worker threads [default: all cores].
+    /// Worker threads [default: one per core but one, which SHA-256 keeps].
     #[arg(long)]
     threads: Option<usize>,
     /// Compression effort 0-9 (0 stores; incompressible data is always stored).

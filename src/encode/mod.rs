@@ -48,7 +48,7 @@ pub struct EncodeOptions {
     pub metadata: Map<String, Value>,
     /// Write the `X.rts.png.meta.json` sidecar (path APIs only).
     pub sidecar: bool,
-    /// Worker threads (None: all cores).
+    /// Worker threads (None: one per core but one, which the SHA-256 thread keeps).
     pub threads: Option<usize>,
     /// Deflate level 0–9 (0 stores everything).
     pub level: u32,
@@ -169,9 +169,14 @@ fn encode_with<W: Write + Seek + Send>(
     opts: &EncodeOptions,
     out_path: &Path,
 ) -> Result<Map<String, Value>> {
-    with_threads(opts.threads, || {
-        encode_core(data, release, out, opts, out_path)
-    })
+    // SHA-256 is one sequential stream and the floor of the whole run: by default it keeps a
+    // core to itself and the pool gets the rest (measured on 2 cores, 1 GiB random: one worker
+    // 1.19 s, two workers 1.53 s).
+    let threads = opts.threads.or_else(|| {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Some(cores.saturating_sub(1).max(1))
+    });
+    with_threads(threads, || encode_core(data, release, out, opts, out_path))
 }
 
 /// What one tile column contributes to a stripe.
