@@ -575,3 +575,44 @@ fn read_at_positional_semantics() {
     let mut one = [0u8; 1];
     assert_eq!(file.read_at(&mut one, 0).unwrap(), 1);
 }
+
+#[test]
+fn cli_cat_writes_ranges_and_names_bad_files() {
+    let f = fixtures();
+    let bin = env!("CARGO_BIN_EXE_pixelrts");
+    for name in [
+        "ours_t16_300000.rts.png",
+        "e_300000_prng.rts.png",
+        "f_add_wasm_code.rts.png",
+    ] {
+        let case = f.cases.iter().find(|c| c.name == name).unwrap();
+        let run = |args: &[&str]| {
+            let out = std::process::Command::new(bin)
+                .arg("cat")
+                .arg(&case.path)
+                .args(["--checkpoint-dir", f.ckpt.to_str().unwrap()])
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{name}: {:?}", out);
+            out.stdout
+        };
+        assert_eq!(run(&[]), case.data, "{name}: whole");
+        assert_eq!(
+            run(&["--offset", "17", "--length", "100"]),
+            expected(&case.data, 17, 100),
+            "{name}: range"
+        );
+        assert_eq!(
+            run(&["--offset", "99999999"]),
+            Vec::<u8>::new(),
+            "{name}: past the end"
+        );
+    }
+    let out = std::process::Command::new(bin)
+        .args(["cat", "/nonexistent/y.rts.png"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/y.rts.png"));
+}
