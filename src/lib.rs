@@ -5,6 +5,7 @@
 //! access), [`gpu`] (the optional CUDA path, loaded at run time), [`doctor`] (what this machine
 //! offers), [`bench`] (benchmark history, regression checks, dashboard).
 pub mod bench;
+pub mod cache;
 pub mod decode;
 pub mod doctor;
 pub mod encode;

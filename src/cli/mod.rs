@@ -64,6 +64,54 @@ enum Command {
         after_help = "Example:\n  pixelrts dashboard --results-dir benchmark_results --output dashboard.html"
     )]
     Dashboard(bench_cmd::DashboardArgs),
+    /// Write a byte range of the original file to standard output (random access: only the
+    /// tiles that hold the range are inflated).
+    #[command(
+        after_help = "Examples:\n  pixelrts cat disk.img.rts.png --offset 1048576 --length 512 | xxd\n  pixelrts cat kernel.bin.rts.png | sha256sum\n\nFiles whose pixels hold a compressed payload cannot be read at random; use decode."
+    )]
+    Cat(CatArgs),
+    /// Random-access benchmark of one file (cold/warm latency, sequential throughput).
+    #[command(hide = true)]
+    BenchRandom(BenchRandomArgs),
+}
+
+#[derive(Args, Debug)]
+struct CatArgs {
+    /// Image to read.
+    input: PathBuf,
+    /// First byte to write.
+    #[arg(long, default_value_t = 0)]
+    offset: u64,
+    /// Bytes to write [default: to the end].
+    #[arg(long)]
+    length: Option<u64>,
+    /// Directory for checkpoint indexes of plain PNGs [default: ~/.cache/pixelrts].
+    #[arg(long)]
+    checkpoint_dir: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct BenchRandomArgs {
+    /// Image to benchmark.
+    input: PathBuf,
+    /// Random reads per size.
+    #[arg(long, default_value_t = 1000)]
+    reads: usize,
+    /// Read sizes in bytes.
+    #[arg(long, num_args = 1.., default_values_t = [4096usize, 131072])]
+    sizes: Vec<usize>,
+    /// Thread counts for the sequential comparison.
+    #[arg(long, num_args = 1.., default_values_t = [1usize, 2])]
+    threads: Vec<usize>,
+    /// Skip the plain-PNG size comparison.
+    #[arg(long)]
+    no_plain_png: bool,
+    /// Directory for checkpoint indexes of plain PNGs.
+    #[arg(long)]
+    checkpoint_dir: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -203,6 +251,8 @@ fn dispatch(command: Command) -> anyhow::Result<i32> {
         Command::Verify(a) => cmd_verify(a),
         Command::Bench(a) => bench_cmd::cmd_bench(a),
         Command::Dashboard(a) => bench_cmd::cmd_dashboard(a),
+        Command::Cat(a) => cmd_cat(a),
+        Command::BenchRandom(a) => cmd_bench_random(a),
         Command::Doctor(a) => {
             let report = pixelrts::doctor::doctor_report(a.threads.unwrap_or(0));
             if a.json {
@@ -394,4 +444,91 @@ fn cmd_verify(a: VerifyArgs) -> anyhow::Result<i32> {
         );
         Ok(EXIT_MISMATCH)
     }
+}
+
+fn cmd_cat(a: CatArgs) -> anyhow::Result<i32> {
+    use pixelrts::reader::{Reader, ReaderOptions};
+    let reader = Reader::open(
+        &a.input,
+        &ReaderOptions {
+            checkpoint_dir: a.checkpoint_dir.clone(),
+            ..Default::default()
+        },
+    )?;
+    let end = match a.length {
+        Some(l) => a.offset.saturating_add(l).min(reader.len()),
+        None => reader.len(),
+    };
+    let mut off = a.offset;
+    let mut buf = vec![0u8; 1 << 20];
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    while off < end {
+        let want = ((end - off) as usize).min(buf.len());
+        let n = reader.read_at(off, &mut buf[..want])?;
+        if n == 0 {
+            break;
+        }
+        match out.write_all(&buf[..n]) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(0),
+            Err(e) => return Err(e).context("writing to standard output"),
+        }
+        off += n as u64;
+    }
+    match out.flush() {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(e).context("writing to standard output")
+        }
+        _ => Ok(0),
+    }
+}
+
+fn cmd_bench_random(a: BenchRandomArgs) -> anyhow::Result<i32> {
+    use pixelrts::reader::bench::{self, BenchOptions};
+    let report = bench::run(
+        &a.input,
+        &BenchOptions {
+            reads: a.reads,
+            sizes: a.sizes.clone(),
+            threads: a.threads.clone(),
+            plain_png: !a.no_plain_png,
+            checkpoint_dir: a.checkpoint_dir.clone(),
+            ..Default::default()
+        },
+    )?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(0);
+    }
+    println!(
+        "{} ({:?}): data {} B, file {} B, tile {} B, first read {:.1} ms",
+        report.file,
+        report.kind,
+        report.data_size,
+        report.file_size,
+        report.tile_bytes,
+        report.first_read_ms
+    );
+    for l in &report.latency {
+        println!(
+            "  {:>7} B x{}: cold p50 {:.0} us p99 {:.0} us | warm p50 {:.1} us p99 {:.1} us | inflated/served {:.2}",
+            l.size, l.reads, l.cold_p50_us, l.cold_p99_us, l.warm_p50_us, l.warm_p99_us, l.inflated_per_served
+        );
+    }
+    for s in &report.sequential {
+        println!(
+            "  sequential, {} thread(s): reader {:.0} MiB/s, decode {:.0} MiB/s",
+            s.threads, s.reader_mib_s, s.decode_mib_s
+        );
+    }
+    if let Some(p) = report.plain_png_size {
+        println!(
+            "  size: this file {} B, plain PNG of the same pixels {} B ({:+.2}%)",
+            report.file_size,
+            p,
+            (report.file_size as f64 / p as f64 - 1.0) * 100.0
+        );
+    }
+    Ok(0)
 }

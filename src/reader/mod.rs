@@ -1,6 +1,576 @@
-//! Readers for PixelRTS PNG files.
+//! Random access to the original bytes of any PixelRTS PNG.
+//!
+//! [`Reader`] answers positional reads (`read_at`, like `FileExt::read_at`) from three kinds
+//! of files:
+//!
+//! - **seekable** files (written by this project, with an `rtIX` index): a byte range maps to
+//!   tiles `j = offset / tile_bytes …`; each tile comes from the shared [`TileCache`] or is
+//!   inflated on its own from the pieces the index points at and checked against its CRC.
+//!   Ranges covering several tiles decode them in parallel (rayon).
+//! - **code mode** files: the bytes are the base64 text of the metadata; a byte range
+//!   `[a, b)` maps to characters `[a/3·4, ⌈b/3⌉·4)`, which are read and decoded alone. The
+//!   text chunk's CRC is checked when the file is opened.
+//! - **plain PNGs** (every file the reference implementation wrote): a
+//!   [`CheckpointIndex`](checkpoint::CheckpointIndex) is loaded or built on the first read
+//!   (and cached on disk); the payload is cut into *virtual tiles* of side
+//!   `T = min(grid, 256)` (smaller when a band of `T` rows would exceed 16 MiB); a tile is
+//!   read as its band of rows (checked by the checkpoint module's CRCs), cut out, gathered
+//!   along the curve, and cached. All tiles of a band that was inflated are cached.
+//!
+//! Files whose pixels hold a **compressed** payload are refused at open: random access to
+//! compressed payloads is not supported (decode them whole with `pixelrts decode`).
+//!
+//! Bytes are never served unverified: a tile whose CRC fails, an index entry out of range, or
+//! a changed file is an error for the reads that need it; other tiles still read.
 
+pub mod bench;
 pub mod checkpoint;
 mod inflate;
 pub mod png_chunks;
 mod unfilter;
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rayon::prelude::*;
+
+use crate::cache::{FileKey, TileCache, TileKey};
+use crate::decode::{Container, SeekableImage, TileScratch};
+use crate::error::{Error, IoContext, Result};
+use crate::format::hilbert::{gather_tile, TileTables};
+use crate::format::metadata::B64Source;
+use checkpoint::{CheckpointError, CheckpointIndex};
+
+/// Largest band of rows a plain-PNG virtual tile may need (bytes of RGBA).
+const MAX_BAND_BYTES: u64 = 16 << 20;
+/// Largest virtual tile side for plain PNGs.
+const MAX_VIRTUAL_SIDE: u64 = 256;
+/// Tiles fetched per batch of a large read (bounds the memory a huge read holds).
+const BATCH_TILES: usize = 64;
+
+/// A tile and its position in a request.
+type IndexedTile = (usize, Arc<[u8]>);
+
+/// The message for files whose payload is compressed.
+pub const COMPRESSED_UNSUPPORTED: &str = "random access to compressed payloads is not supported";
+
+/// How to open a [`Reader`].
+#[derive(Clone, Debug)]
+pub struct ReaderOptions {
+    /// The tile cache, shared by all readers that should share memory.
+    pub cache: Arc<TileCache>,
+    /// Where checkpoint indexes of plain PNGs are cached
+    /// (default: [`checkpoint::default_cache_dir`]).
+    pub checkpoint_dir: Option<PathBuf>,
+}
+
+impl Default for ReaderOptions {
+    fn default() -> Self {
+        ReaderOptions {
+            cache: Arc::new(TileCache::default()),
+            checkpoint_dir: None,
+        }
+    }
+}
+
+/// Which kind of file a reader serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReaderKind {
+    /// No data.
+    Empty,
+    /// This project's seekable layout.
+    Seekable,
+    /// Code mode: bytes from the base64 text.
+    Code,
+    /// A plain PNG read through a checkpoint index.
+    Plain,
+}
+
+/// Random access to a PixelRTS file's original bytes. `Send + Sync`: share it (in an `Arc`)
+/// between threads; every method takes `&self`.
+pub struct Reader {
+    path: PathBuf,
+    len: u64,
+    grid: u64,
+    key: FileKey,
+    cache: Arc<TileCache>,
+    backend: Backend,
+}
+
+enum Backend {
+    Empty,
+    Seekable {
+        image: SeekableImage,
+        tile_bytes: u64,
+        pool: Mutex<Vec<TileScratch>>,
+    },
+    Base64File {
+        file: File,
+        offset: u64,
+        chars: u64,
+    },
+    Base64Inline(Vec<u8>),
+    Plain(Plain),
+}
+
+struct Plain {
+    file: File,
+    grid: u64,
+    tables: TileTables,
+    tile_bytes: u64,
+    checkpoint_dir: Option<PathBuf>,
+    index: Mutex<Option<Arc<CheckpointIndex>>>,
+}
+
+impl std::fmt::Debug for Reader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reader")
+            .field("path", &self.path)
+            .field("len", &self.len)
+            .field("kind", &self.kind())
+            .finish()
+    }
+}
+
+/// A checkpoint error as a crate error naming the file.
+fn from_checkpoint(path: &Path, e: CheckpointError) -> Error {
+    match e {
+        CheckpointError::Io { path, source } => Error::Io { path, source },
+        other => {
+            let text = other.to_string();
+            let prefix = format!("{}: ", path.display());
+            let reason = text.strip_prefix(&prefix).unwrap_or(&text).to_string();
+            Error::corrupt(path, reason)
+        }
+    }
+}
+
+impl Reader {
+    /// Opens `path`: reads its metadata and index (no pixel data yet).
+    pub fn open(path: &Path, opts: &ReaderOptions) -> Result<Self> {
+        let c = Container::open(path)?;
+        let grid = c.grid;
+        let key = FileKey::of(&c.file).at(path)?;
+        let md = &c.metadata;
+        let len = md.data_size;
+        let backend = if let Some(b64) = &md.b64 {
+            let chars = len.div_ceil(3) * 4;
+            match b64 {
+                B64Source::File { offset, len: have } => {
+                    if *have != chars {
+                        return Err(Error::bad_metadata(
+                            path,
+                            format!(
+                                "{} has {have} characters; data_size {len} needs {chars}",
+                                crate::format::metadata::B64_KEY
+                            ),
+                        ));
+                    }
+                    Backend::Base64File {
+                        file: c.file.try_clone().at(path)?,
+                        offset: *offset,
+                        chars,
+                    }
+                }
+                B64Source::Inline(s) => {
+                    use base64::Engine;
+                    let bytes = base64::engine::general_purpose::STANDARD
+                        .decode(s.as_bytes())
+                        .map_err(|e| {
+                            Error::bad_metadata(
+                                path,
+                                format!(
+                                    "{} is not valid base64: {e}",
+                                    crate::format::metadata::B64_KEY
+                                ),
+                            )
+                        })?;
+                    if bytes.len() as u64 != len {
+                        return Err(Error::bad_metadata(
+                            path,
+                            format!(
+                                "base64 payload decodes to {} bytes, data_size is {len}",
+                                bytes.len()
+                            ),
+                        ));
+                    }
+                    Backend::Base64Inline(bytes)
+                }
+            }
+        } else if md.compressed {
+            return Err(Error::unsupported(path, COMPRESSED_UNSUPPORTED));
+        } else if len == 0 {
+            Backend::Empty
+        } else if md.pixel_payload_size != len || len > 4 * c.grid * c.grid {
+            return Err(Error::bad_metadata(
+                path,
+                format!(
+                    "data_size {len} does not fit the pixel payload ({} bytes, grid {})",
+                    md.pixel_payload_size, c.grid
+                ),
+            ));
+        } else if let Some(image) = c.seekable {
+            let tile_bytes = 4 * image.tables.tile_pixels();
+            Backend::Seekable {
+                image,
+                tile_bytes,
+                pool: Mutex::new(Vec::new()),
+            }
+        } else {
+            let mut side = grid.min(MAX_VIRTUAL_SIDE);
+            while side > 1 && side * grid * 4 > MAX_BAND_BYTES {
+                side /= 2;
+            }
+            let tables = TileTables::new(grid, side);
+            Backend::Plain(Plain {
+                file: c.file.try_clone().at(path)?,
+                grid,
+                tile_bytes: 4 * side * side,
+                tables,
+                checkpoint_dir: opts.checkpoint_dir.clone(),
+                index: Mutex::new(None),
+            })
+        };
+        Ok(Reader {
+            path: path.to_path_buf(),
+            len,
+            grid,
+            key,
+            cache: opts.cache.clone(),
+            backend,
+        })
+    }
+
+    /// The file this reader reads.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Length of the original data (`data_size`).
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Image side in pixels.
+    pub fn grid(&self) -> u64 {
+        self.grid
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Which kind of file this is.
+    pub fn kind(&self) -> ReaderKind {
+        match &self.backend {
+            Backend::Empty => ReaderKind::Empty,
+            Backend::Seekable { .. } => ReaderKind::Seekable,
+            Backend::Base64File { .. } | Backend::Base64Inline(_) => ReaderKind::Code,
+            Backend::Plain(_) => ReaderKind::Plain,
+        }
+    }
+
+    /// Bytes of payload per tile (0 for files not read by tiles).
+    pub fn tile_bytes(&self) -> u64 {
+        match &self.backend {
+            Backend::Seekable { tile_bytes, .. } => *tile_bytes,
+            Backend::Plain(p) => p.tile_bytes,
+            _ => 0,
+        }
+    }
+
+    /// The cache this reader uses.
+    pub fn cache(&self) -> &Arc<TileCache> {
+        &self.cache
+    }
+
+    /// The file's identity as used in cache keys.
+    pub fn file_key(&self) -> FileKey {
+        self.key
+    }
+
+    /// Reads up to `buf.len()` bytes at `offset` into `buf`; returns how many were read: 0 at
+    /// or after the end, fewer than asked only at the end.
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        if offset >= self.len || buf.is_empty() {
+            return Ok(0);
+        }
+        let n = (self.len - offset).min(buf.len() as u64) as usize;
+        let buf = &mut buf[..n];
+        match &self.backend {
+            Backend::Empty => return Ok(0),
+            Backend::Base64Inline(bytes) => {
+                buf.copy_from_slice(&bytes[offset as usize..offset as usize + n]);
+            }
+            Backend::Base64File {
+                file,
+                offset: text_at,
+                chars,
+            } => self.read_base64(file, *text_at, *chars, offset, buf)?,
+            Backend::Seekable { tile_bytes, .. } => self.read_tiles(*tile_bytes, offset, buf)?,
+            Backend::Plain(p) => self.read_tiles(p.tile_bytes, offset, buf)?,
+        }
+        self.cache.add_served(n as u64);
+        Ok(n)
+    }
+
+    /// Fills `buf` completely from `offset` (an error if the data ends first).
+    pub fn read_exact_at(&self, mut offset: u64, mut buf: &mut [u8]) -> Result<()> {
+        while !buf.is_empty() {
+            let n = self.read_at(offset, buf)?;
+            if n == 0 {
+                return Err(Error::io(
+                    &self.path,
+                    std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "read past the end of the data",
+                    ),
+                ));
+            }
+            buf = &mut buf[n..];
+            offset += n as u64;
+        }
+        Ok(())
+    }
+
+    fn read_base64(
+        &self,
+        file: &File,
+        text_at: u64,
+        chars: u64,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<()> {
+        use base64::Engine;
+        let end = offset + buf.len() as u64;
+        let g0 = offset / 3;
+        let c0 = g0 * 4;
+        let c1 = (end.div_ceil(3) * 4).min(chars);
+        let mut text = vec![0u8; (c1 - c0) as usize];
+        file.read_exact_at(&mut text, text_at + c0).at(&self.path)?;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(&text)
+            .map_err(|e| {
+                Error::bad_metadata(
+                    &self.path,
+                    format!(
+                        "{} is not valid base64 at characters {c0}..{c1}: {e}",
+                        crate::format::metadata::B64_KEY
+                    ),
+                )
+            })?;
+        let skip = (offset - g0 * 3) as usize;
+        if bytes.len() < skip + buf.len() {
+            return Err(Error::bad_metadata(
+                &self.path,
+                format!("{} ends before data_size", crate::format::metadata::B64_KEY),
+            ));
+        }
+        buf.copy_from_slice(&bytes[skip..skip + buf.len()]);
+        self.cache.add_inflated(bytes.len() as u64);
+        Ok(())
+    }
+
+    fn tile_key(&self, j: u64) -> TileKey {
+        TileKey {
+            file: self.key,
+            tile: j,
+        }
+    }
+
+    /// Payload bytes of tile `j` (the last tile may be short).
+    fn tile_len(&self, tile_bytes: u64, j: u64) -> usize {
+        (self.len - j * tile_bytes).min(tile_bytes) as usize
+    }
+
+    fn read_tiles(&self, tile_bytes: u64, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let end = offset + buf.len() as u64;
+        let first = offset / tile_bytes;
+        let last = (end - 1) / tile_bytes;
+        let js: Vec<u64> = (first..=last).collect();
+        for batch in js.chunks(BATCH_TILES) {
+            let tiles = self.tiles(batch)?;
+            for (&j, tile) in batch.iter().zip(&tiles) {
+                let t0 = j * tile_bytes;
+                let a = offset.max(t0);
+                let b = end.min(t0 + tile.len() as u64);
+                buf[(a - offset) as usize..(b - offset) as usize]
+                    .copy_from_slice(&tile[(a - t0) as usize..(b - t0) as usize]);
+            }
+        }
+        Ok(())
+    }
+
+    /// Tiles `js` (payload bytes), from the cache or decoded (in parallel when several miss).
+    fn tiles(&self, js: &[u64]) -> Result<Vec<Arc<[u8]>>> {
+        let mut out: Vec<Option<Arc<[u8]>>> = js
+            .iter()
+            .map(|&j| self.cache.get(&self.tile_key(j)))
+            .collect();
+        let missing: Vec<usize> = (0..js.len()).filter(|&i| out[i].is_none()).collect();
+        if missing.is_empty() {
+            return Ok(out.into_iter().map(Option::unwrap).collect());
+        }
+        match &self.backend {
+            Backend::Seekable {
+                image,
+                tile_bytes,
+                pool,
+            } => {
+                let decode = |&i: &usize| -> Result<(usize, Arc<[u8]>)> {
+                    let j = js[i];
+                    let tile = self.decode_seekable(image, pool, *tile_bytes, j)?;
+                    self.cache.insert(self.tile_key(j), tile.clone());
+                    Ok((i, tile))
+                };
+                let decoded: Vec<Result<(usize, Arc<[u8]>)>> = if missing.len() > 1 {
+                    missing.par_iter().map(decode).collect()
+                } else {
+                    missing.iter().map(decode).collect()
+                };
+                for r in decoded {
+                    let (i, tile) = r?;
+                    out[i] = Some(tile);
+                }
+            }
+            Backend::Plain(p) => {
+                let index = self.checkpoint_index(p)?;
+                let mut bands: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
+                for &i in &missing {
+                    bands
+                        .entry(p.tables.place_of(js[i]).row)
+                        .or_default()
+                        .push(i);
+                }
+                let bands: Vec<(u64, Vec<usize>)> = bands.into_iter().collect();
+                let read = |(row, wanted): &(u64, Vec<usize>)| -> Result<Vec<IndexedTile>> {
+                    let tiles = self.read_band(p, &index, *row)?;
+                    Ok(wanted
+                        .iter()
+                        .map(|&i| {
+                            let t = tiles
+                                .iter()
+                                .find(|(j, _)| *j == js[i])
+                                .map(|(_, t)| t.clone())
+                                .expect("band holds the tile");
+                            (i, t)
+                        })
+                        .collect())
+                };
+                let decoded: Vec<Result<Vec<IndexedTile>>> = if bands.len() > 1 {
+                    bands.par_iter().map(read).collect()
+                } else {
+                    bands.iter().map(read).collect()
+                };
+                for r in decoded {
+                    for (i, tile) in r? {
+                        out[i] = Some(tile);
+                    }
+                }
+            }
+            _ => unreachable!("only tiled backends read tiles"),
+        }
+        Ok(out.into_iter().map(Option::unwrap).collect())
+    }
+
+    fn decode_seekable(
+        &self,
+        image: &SeekableImage,
+        pool: &Mutex<Vec<TileScratch>>,
+        tile_bytes: u64,
+        j: u64,
+    ) -> Result<Arc<[u8]>> {
+        let mut scratch = pool
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop()
+            .unwrap_or_else(|| TileScratch::new(image));
+        let mut payload = vec![0u8; self.tile_len(tile_bytes, j)];
+        let result = image.decode_tile_payload(j, &mut scratch, &mut payload);
+        pool.lock().unwrap_or_else(|p| p.into_inner()).push(scratch);
+        result?;
+        self.cache.add_inflated(tile_bytes);
+        Ok(payload.into())
+    }
+
+    /// The checkpoint index of a plain PNG, loaded or built on first use.
+    fn checkpoint_index(&self, p: &Plain) -> Result<Arc<CheckpointIndex>> {
+        let mut slot = p.index.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(idx) = &*slot {
+            return Ok(idx.clone());
+        }
+        let (idx, status) = CheckpointIndex::load_or_build(
+            &self.path,
+            p.checkpoint_dir.as_deref(),
+            checkpoint::DEFAULT_SPACING,
+        )
+        .map_err(|e| from_checkpoint(&self.path, e))?;
+        tracing::debug!("{}: checkpoint index {status:?}", self.path.display());
+        if u64::from(idx.width()) != p.grid || u64::from(idx.height()) != p.grid {
+            return Err(Error::corrupt(
+                &self.path,
+                format!(
+                    "image is {}x{}, the checkpoint index was built for another file",
+                    idx.width(),
+                    idx.height()
+                ),
+            ));
+        }
+        let idx = Arc::new(idx);
+        *slot = Some(idx.clone());
+        Ok(idx)
+    }
+
+    /// Reads the band of tile rows `row` of a plain PNG and returns (and caches) every tile
+    /// in it that holds payload.
+    fn read_band(
+        &self,
+        p: &Plain,
+        index: &CheckpointIndex,
+        row: u64,
+    ) -> Result<Vec<(u64, Arc<[u8]>)>> {
+        let t = p.tables.tile_side();
+        let row_bytes = (4 * p.grid) as usize;
+        let mut band = vec![0u8; t as usize * row_bytes];
+        index
+            .read_rows(&p.file, (row * t) as u32, t as u32, &mut band)
+            .map_err(|e| from_checkpoint(&self.path, e))?;
+        self.cache.add_inflated(band.len() as u64);
+        let tw = 4 * t as usize;
+        let mut tile = vec![0u8; tw * t as usize];
+        let mut tiles = Vec::new();
+        for column in 0..p.tables.tiles_per_side() {
+            let place = p.tables.place_at(column, row);
+            let j = place.hilbert_index;
+            if j * p.tile_bytes >= self.len {
+                continue;
+            }
+            for r in 0..t as usize {
+                let src = r * row_bytes + column as usize * tw;
+                tile[r * tw..(r + 1) * tw].copy_from_slice(&band[src..src + tw]);
+            }
+            let mut payload = vec![0u8; self.tile_len(p.tile_bytes, j)];
+            gather_tile(p.tables.positions(&place), &tile, &mut payload);
+            let payload: Arc<[u8]> = payload.into();
+            self.cache.insert(self.tile_key(j), payload.clone());
+            tiles.push((j, payload));
+        }
+        Ok(tiles)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reader_is_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<Reader>();
+        check::<TileCache>();
+    }
+}

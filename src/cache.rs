@@ -1,0 +1,197 @@
+//! One LRU of decoded tiles shared by every [`Reader`](crate::reader::Reader) of every file.
+//!
+//! Keys name the file by identity (device, inode, size, modification time in ns) and the tile
+//! index, so a replaced or rewritten file never hits tiles of its old content. Values are the
+//! tile's payload bytes (Hilbert order), shared as `Arc<[u8]>`. The cache holds at most
+//! `budget` bytes of tile data: inserting evicts least recently used tiles until it fits.
+//!
+//! Two threads missing the same tile at once may both decode it; the second insert replaces
+//! the first (same bytes), which costs time but never correctness.
+
+use std::fs::File;
+use std::os::unix::fs::MetadataExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use lru::LruCache;
+use serde::Serialize;
+
+/// Default byte budget of a [`TileCache`]: 256 MiB.
+pub const DEFAULT_BUDGET: u64 = 256 << 20;
+
+/// What identifies a file's content for caching: a replaced file (new inode) or a rewritten
+/// one (new size or mtime) gets a different identity.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FileKey {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_ns: i128,
+}
+
+impl FileKey {
+    /// The identity of an open file, from `fstat`.
+    pub fn of(file: &File) -> std::io::Result<Self> {
+        let m = file.metadata()?;
+        Ok(FileKey {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.len(),
+            mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+        })
+    }
+}
+
+/// A cache key: file identity and tile index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TileKey {
+    pub file: FileKey,
+    pub tile: u64,
+}
+
+/// A snapshot of the cache's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct CacheStats {
+    /// Tile lookups answered from the cache.
+    pub hits: u64,
+    /// Tile lookups that had to decode.
+    pub misses: u64,
+    /// Bytes of image data inflated to produce tiles (a tile, or a whole band of rows for a
+    /// plain PNG).
+    pub bytes_inflated: u64,
+    /// Bytes handed to callers of `read_at`.
+    pub bytes_served: u64,
+    /// Tiles held now.
+    pub entries: u64,
+    /// Bytes of tile data held now.
+    pub bytes_cached: u64,
+    /// The byte budget.
+    pub budget: u64,
+}
+
+struct Inner {
+    lru: LruCache<TileKey, Arc<[u8]>>,
+    bytes: u64,
+}
+
+/// The shared tile cache (see the module documentation).
+pub struct TileCache {
+    inner: Mutex<Inner>,
+    budget: u64,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    bytes_inflated: AtomicU64,
+    bytes_served: AtomicU64,
+}
+
+impl Default for TileCache {
+    fn default() -> Self {
+        Self::new(DEFAULT_BUDGET)
+    }
+}
+
+impl std::fmt::Debug for TileCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TileCache")
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+impl TileCache {
+    /// A cache holding at most `budget` bytes of tiles (0 caches nothing).
+    pub fn new(budget: u64) -> Self {
+        TileCache {
+            inner: Mutex::new(Inner {
+                lru: LruCache::unbounded(),
+                bytes: 0,
+            }),
+            budget,
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            bytes_inflated: AtomicU64::new(0),
+            bytes_served: AtomicU64::new(0),
+        }
+    }
+
+    /// A shared cache with `budget` bytes.
+    pub fn shared(budget: u64) -> Arc<Self> {
+        Arc::new(Self::new(budget))
+    }
+
+    pub fn budget(&self) -> u64 {
+        self.budget
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves a consistent LRU: keep going.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Looks a tile up, counting a hit or a miss.
+    pub fn get(&self, key: &TileKey) -> Option<Arc<[u8]>> {
+        let found = self.lock().lru.get(key).cloned();
+        match &found {
+            Some(_) => self.hits.fetch_add(1, Ordering::Relaxed),
+            None => self.misses.fetch_add(1, Ordering::Relaxed),
+        };
+        found
+    }
+
+    /// Looks a tile up without touching the counters or the recency order.
+    pub fn peek(&self, key: &TileKey) -> Option<Arc<[u8]>> {
+        self.lock().lru.peek(key).cloned()
+    }
+
+    /// Inserts a tile, evicting least recently used ones until the cache is within budget.
+    /// A tile larger than the whole budget is not kept.
+    pub fn insert(&self, key: TileKey, tile: Arc<[u8]>) {
+        let size = tile.len() as u64;
+        if size > self.budget {
+            return;
+        }
+        let mut inner = self.lock();
+        if let Some(old) = inner.lru.put(key, tile) {
+            inner.bytes -= old.len() as u64;
+        }
+        inner.bytes += size;
+        while inner.bytes > self.budget {
+            match inner.lru.pop_lru() {
+                Some((_, v)) => inner.bytes -= v.len() as u64,
+                None => break,
+            }
+        }
+    }
+
+    /// Drops every tile (counters are kept).
+    pub fn clear(&self) {
+        let mut inner = self.lock();
+        inner.lru.clear();
+        inner.bytes = 0;
+    }
+
+    pub(crate) fn add_inflated(&self, n: u64) {
+        self.bytes_inflated.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub(crate) fn add_served(&self, n: u64) {
+        self.bytes_served.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> CacheStats {
+        let (entries, bytes_cached) = {
+            let inner = self.lock();
+            (inner.lru.len() as u64, inner.bytes)
+        };
+        CacheStats {
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            bytes_inflated: self.bytes_inflated.load(Ordering::Relaxed),
+            bytes_served: self.bytes_served.load(Ordering::Relaxed),
+            entries,
+            bytes_cached,
+            budget: self.budget,
+        }
+    }
+}

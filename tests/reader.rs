@@ -1,0 +1,618 @@
+//! Random access through `pixelrts::reader::Reader`: our seekable files, the reference
+//! vectors (plain PNGs through a checkpoint index), code mode; concurrency; corruption.
+
+use std::fs::{self, File};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use pixelrts::cache::TileCache;
+use pixelrts::encode::{encode_to_writer, EncodeOptions};
+use pixelrts::reader::checkpoint::CheckpointIndex;
+use pixelrts::reader::{Reader, ReaderKind, ReaderOptions};
+use pixelrts::Mode;
+use proptest::prelude::*;
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// Half random, half compressible (runs and text), so pieces are both stored and deflated.
+fn test_data(n: usize, seed: u64) -> Vec<u8> {
+    let mut rng = Rng(seed | 1);
+    let mut v = Vec::with_capacity(n);
+    while v.len() < n {
+        let block = (rng.below(40_000) + 1) as usize;
+        match rng.below(3) {
+            0 => v.extend((0..block).map(|_| rng.next() as u8)),
+            1 => v.extend(std::iter::repeat_n(rng.next() as u8, block)),
+            _ => v.extend(b"PixelRTS random access ".iter().cycle().take(block)),
+        }
+    }
+    v.truncate(n);
+    v
+}
+
+fn reference_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/vectors/reference")
+}
+
+fn encode_into(dir: &Path, name: &str, data: &[u8], opts: &EncodeOptions) -> PathBuf {
+    let path = dir.join(name);
+    let mut f = File::create(&path).unwrap();
+    encode_to_writer(data, &mut f, opts).unwrap();
+    path
+}
+
+struct Case {
+    name: String,
+    path: PathBuf,
+    data: Vec<u8>,
+}
+
+struct Fixtures {
+    _dir: tempfile::TempDir,
+    ckpt: PathBuf,
+    cases: Vec<Case>,
+}
+
+fn fixtures() -> &'static Fixtures {
+    static F: OnceLock<Fixtures> = OnceLock::new();
+    F.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let ckpt = dir.path().join("ckpt");
+        let mut cases = Vec::new();
+        // Not 0: encoding an empty input in standard mode overflows in
+        // `TileTables::place` (n - 2 with a 1-pixel tile; debug builds panic; code mode too). An empty
+        // file is covered by the reference a2_empty_code.
+        for (i, &n) in [1usize, 5000, 300_000, 2 << 20].iter().enumerate() {
+            let data = test_data(n, 11 + i as u64);
+            let name = format!("ours_{n}.rts.png");
+            let path = encode_into(dir.path(), &name, &data, &EncodeOptions::default());
+            cases.push(Case { name, path, data });
+        }
+        for (i, &n) in [5000usize, 300_000, 1 << 20, 2 << 20].iter().enumerate() {
+            let data = test_data(n, 101 + i as u64);
+            let name = format!("ours_t16_{n}.rts.png");
+            let opts = EncodeOptions {
+                tile_side_log2: 4,
+                ..Default::default()
+            };
+            let path = encode_into(dir.path(), &name, &data, &opts);
+            cases.push(Case { name, path, data });
+        }
+        {
+            let data = test_data(10_000, 7);
+            let name = "ours_code_10000.rts.png".to_string();
+            let opts = EncodeOptions {
+                mode: Mode::Code,
+                ..Default::default()
+            };
+            let path = encode_into(dir.path(), &name, &data, &opts);
+            cases.push(Case { name, path, data });
+        }
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&fs::read(reference_dir().join("manifest.json")).unwrap())
+                .unwrap();
+        for v in manifest["vectors"].as_array().unwrap() {
+            let (Some(png), Some(input)) = (v["output_png"].as_str(), v["input"].as_str()) else {
+                continue;
+            };
+            cases.push(Case {
+                name: png.to_string(),
+                path: reference_dir().join(png),
+                data: fs::read(reference_dir().join(input)).unwrap(),
+            });
+        }
+        Fixtures {
+            _dir: dir,
+            ckpt,
+            cases,
+        }
+    })
+}
+
+fn shared_cache() -> Arc<TileCache> {
+    static C: OnceLock<Arc<TileCache>> = OnceLock::new();
+    // Small budget so that eviction runs during the tests too.
+    C.get_or_init(|| Arc::new(TileCache::new(8 << 20))).clone()
+}
+
+fn readers() -> &'static Vec<(usize, Reader)> {
+    static R: OnceLock<Vec<(usize, Reader)>> = OnceLock::new();
+    R.get_or_init(|| {
+        let f = fixtures();
+        f.cases
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let opts = ReaderOptions {
+                    cache: shared_cache(),
+                    checkpoint_dir: Some(f.ckpt.clone()),
+                };
+                let r = Reader::open(&c.path, &opts).unwrap_or_else(|e| panic!("{}: {e}", c.name));
+                (i, r)
+            })
+            .collect()
+    })
+}
+
+/// What `read_at` must return for `(offset, len)` over `data`.
+fn expected(data: &[u8], offset: u64, len: usize) -> &[u8] {
+    let start = (offset as usize).min(data.len());
+    let end = start.saturating_add(len).min(data.len());
+    &data[start..end]
+}
+
+fn check_range(case: &Case, reader: &Reader, offset: u64, len: usize) {
+    let mut buf = vec![0xA5u8; len];
+    let n = reader
+        .read_at(offset, &mut buf)
+        .unwrap_or_else(|e| panic!("{} @{offset}+{len}: {e}", case.name));
+    let want = expected(&case.data, offset, len);
+    assert_eq!(n, want.len(), "{} @{offset}+{len}: length", case.name);
+    assert!(
+        buf[..n] == *want,
+        "{} @{offset}+{len}: bytes differ",
+        case.name
+    );
+}
+
+#[test]
+fn every_file_reads_whole_and_kinds_are_right() {
+    let f = fixtures();
+    for (i, r) in readers() {
+        let case = &f.cases[*i];
+        assert_eq!(r.len(), case.data.len() as u64, "{}", case.name);
+        check_range(case, r, 0, case.data.len() + 10);
+        let kind = r.kind();
+        if case.data.is_empty() {
+            assert!(matches!(kind, ReaderKind::Empty | ReaderKind::Code));
+        } else if case.name.starts_with("ours_code") || case.name.contains("_code") {
+            assert_eq!(kind, ReaderKind::Code, "{}", case.name);
+        } else if case.name.starts_with("ours") {
+            assert_eq!(kind, ReaderKind::Seekable, "{}", case.name);
+        } else {
+            assert_eq!(kind, ReaderKind::Plain, "{}", case.name);
+        }
+    }
+}
+
+/// Offsets near tile boundaries, tile-row (stripe) boundaries and the end.
+fn interesting_offset(r: &Reader, pick: u64, delta: i64) -> u64 {
+    let len = r.len();
+    let tb = r.tile_bytes().max(3);
+    let grid = r.grid().max(1);
+    let tiles = len.div_ceil(tb).max(1);
+    let side_tiles = (tb / 4).isqrt().max(1);
+    let stripe_tiles = (grid / side_tiles).max(1);
+    let base = match pick % 4 {
+        0 => (pick / 4 % tiles) * tb,
+        1 => (pick / 4 % (tiles / stripe_tiles).max(1)) * stripe_tiles * tb,
+        2 => len,
+        _ => pick % (len + 1),
+    };
+    (base as i64 + delta).max(0) as u64
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, failure_persistence: None, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_ranges_match(
+        which in 0usize..64,
+        pick in any::<u64>(),
+        delta in -5i64..5,
+        len in prop_oneof![Just(0usize), 1usize..16, 1usize..5000, 1usize..300_000],
+        past_eof in 0u64..4,
+    ) {
+        let f = fixtures();
+        let rs = readers();
+        let (i, r) = &rs[which % rs.len()];
+        let case = &f.cases[*i];
+        let mut offset = interesting_offset(r, pick, delta);
+        if past_eof == 0 {
+            offset = r.len() + pick % 1000;
+        }
+        check_range(case, r, offset, len);
+    }
+}
+
+#[test]
+fn eight_threads_share_one_reader() {
+    let f = fixtures();
+    let picks: Vec<usize> = f
+        .cases
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| {
+            c.name == "ours_t16_2097152.rts.png"
+                || c.name == "ours_2097152.rts.png"
+                || c.name == "g_5MiB_prng.rts.png"
+        })
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(picks.len(), 3);
+    for i in picks {
+        let case = &f.cases[i];
+        let reader = Arc::new(
+            Reader::open(
+                &case.path,
+                &ReaderOptions {
+                    cache: Arc::new(TileCache::new(4 << 20)),
+                    checkpoint_dir: Some(f.ckpt.clone()),
+                },
+            )
+            .unwrap(),
+        );
+        std::thread::scope(|s| {
+            for t in 0..8u64 {
+                let reader = reader.clone();
+                s.spawn(move || {
+                    let mut rng = Rng(t * 7919 + 1);
+                    for _ in 0..100 {
+                        let len = rng.below(200_000) as usize;
+                        let off = rng.below(reader.len() + 100);
+                        check_range(case, &reader, off, len);
+                    }
+                });
+            }
+        });
+    }
+}
+
+#[test]
+fn cache_counts_hits_and_bytes_served() {
+    let f = fixtures();
+    let case = f
+        .cases
+        .iter()
+        .find(|c| c.name == "ours_t16_300000.rts.png")
+        .unwrap();
+    let cache = Arc::new(TileCache::new(64 << 20));
+    let r = Reader::open(
+        &case.path,
+        &ReaderOptions {
+            cache: cache.clone(),
+            checkpoint_dir: None,
+        },
+    )
+    .unwrap();
+    let mut buf = vec![0u8; 10_000];
+    assert_eq!(r.read_at(12_345, &mut buf).unwrap(), 10_000);
+    let s1 = cache.stats();
+    assert!(s1.misses > 0 && s1.hits == 0);
+    assert!(s1.bytes_inflated >= 10_000);
+    assert_eq!(s1.bytes_served, 10_000);
+    assert_eq!(r.read_at(12_345, &mut buf).unwrap(), 10_000);
+    let s2 = cache.stats();
+    assert_eq!(s2.misses, s1.misses, "second read must not miss");
+    assert_eq!(s2.hits, s1.misses, "every tile of the second read is a hit");
+    assert_eq!(s2.bytes_inflated, s1.bytes_inflated);
+    assert_eq!(s2.bytes_served, 20_000);
+    assert_eq!(&buf[..], &case.data[12_345..22_345]);
+    // A tiny budget evicts.
+    let small = Arc::new(TileCache::new(4096));
+    let r = Reader::open(
+        &case.path,
+        &ReaderOptions {
+            cache: small.clone(),
+            checkpoint_dir: None,
+        },
+    )
+    .unwrap();
+    let mut all = vec![0u8; case.data.len()];
+    r.read_exact_at(0, &mut all).unwrap();
+    assert_eq!(all, case.data);
+    assert!(small.stats().bytes_cached <= 4096);
+    // Stats serialize.
+    let json = serde_json::to_value(small.stats()).unwrap();
+    assert!(json.get("bytes_served").is_some());
+}
+
+/// Chunks of a PNG: (offset of the length field, type, data length).
+fn chunks(png: &[u8]) -> Vec<(usize, [u8; 4], usize)> {
+    let mut out = Vec::new();
+    let mut at = 8;
+    while at + 12 <= png.len() {
+        let len = u32::from_be_bytes(png[at..at + 4].try_into().unwrap()) as usize;
+        let kind: [u8; 4] = png[at + 4..at + 8].try_into().unwrap();
+        out.push((at, kind, len));
+        at += 12 + len;
+    }
+    out
+}
+
+fn corrupt_copy(case: &Case, dir: &Path, name: &str, f: impl FnOnce(&mut Vec<u8>)) -> PathBuf {
+    let mut bytes = fs::read(&case.path).unwrap();
+    f(&mut bytes);
+    let p = dir.join(name);
+    fs::write(&p, &bytes).unwrap();
+    p
+}
+
+/// Reads every tile alone: each read is an error or the right bytes. Returns (ok, errors).
+fn read_all_tiles(case: &Case, r: &Reader) -> (usize, usize) {
+    let tb = r.tile_bytes() as usize;
+    let (mut ok, mut bad) = (0, 0);
+    for start in (0..case.data.len()).step_by(tb) {
+        let mut buf = vec![0u8; tb];
+        match r.read_at(start as u64, &mut buf) {
+            Ok(n) => {
+                assert!(
+                    buf[..n] == *expected(&case.data, start as u64, tb),
+                    "{}: wrong bytes served at {start}",
+                    case.name
+                );
+                ok += 1;
+            }
+            Err(_) => bad += 1,
+        }
+    }
+    (ok, bad)
+}
+
+#[test]
+fn flipped_idat_byte_fails_one_tile_only() {
+    let f = fixtures();
+    let case = f
+        .cases
+        .iter()
+        .find(|c| c.name == "ours_t16_300000.rts.png")
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = corrupt_copy(case, dir.path(), "flip.rts.png", |b| {
+        let cs = chunks(b);
+        let idats: Vec<_> = cs.iter().filter(|c| &c.1 == b"IDAT").collect();
+        let total: usize = idats.iter().map(|c| c.2).sum();
+        // A byte in the middle of the image data, away from headers.
+        let mut want = total / 2;
+        for c in idats {
+            if want < c.2 {
+                b[c.0 + 8 + want] ^= 0x5A;
+                return;
+            }
+            want -= c.2;
+        }
+        unreachable!();
+    });
+    let r = Reader::open(
+        &path,
+        &ReaderOptions {
+            cache: Arc::new(TileCache::default()),
+            checkpoint_dir: None,
+        },
+    )
+    .unwrap();
+    let (ok, bad) = read_all_tiles(case, &r);
+    assert!(bad >= 1, "the damaged tile must fail");
+    assert!(bad <= 2, "only the damaged tile fails ({bad} did)");
+    assert!(ok > 100);
+    // The error names the file and does not poison the cache: it fails again.
+    let mut buf = vec![0u8; case.data.len()];
+    let e = r.read_at(0, &mut buf).unwrap_err();
+    assert!(e.to_string().contains("flip.rts.png"), "{e}");
+}
+
+#[test]
+fn lying_index_is_an_error_not_a_panic() {
+    let f = fixtures();
+    let case = f
+        .cases
+        .iter()
+        .find(|c| c.name == "ours_t16_1048576.rts.png") // a full grid: every piece is used
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for (k, seed) in [1u64, 2, 3, 4].into_iter().enumerate() {
+        let path = corrupt_copy(case, dir.path(), &format!("lie{k}.rts.png"), |b| {
+            let (at, _, len) = *chunks(b).iter().find(|c| &c.1 == b"rtIX").unwrap();
+            let data = at + 8;
+            let mut rng = Rng(seed);
+            // The piece offsets are the second half of the chunk (and more).
+            for _ in 0..16 {
+                let word = len / 2 + rng.below((len / 2 / 4) as u64) as usize * 4;
+                let value = match seed {
+                    1 => rng.next() as u32,
+                    2 => 0,
+                    3 => u32::from_be_bytes(b[data + word..data + word + 4].try_into().unwrap())
+                        .wrapping_add(1),
+                    _ => u32::MAX,
+                };
+                b[data + word..data + word + 4].copy_from_slice(&value.to_be_bytes());
+            }
+            let crc = crc32fast::hash(&b[at + 4..data + len]);
+            b[data + len..data + len + 4].copy_from_slice(&crc.to_be_bytes());
+        });
+        match Reader::open(
+            &path,
+            &ReaderOptions {
+                cache: Arc::new(TileCache::default()),
+                checkpoint_dir: None,
+            },
+        ) {
+            Err(_) => {}
+            Ok(r) => {
+                let (_ok, bad) = read_all_tiles(case, &r);
+                assert!(bad >= 1, "seed {seed}: a lying index must fail some tile");
+            }
+        }
+    }
+}
+
+#[test]
+fn truncated_file_is_an_error() {
+    let f = fixtures();
+    for name in ["ours_2097152.rts.png", "e_300000_prng.rts.png"] {
+        let case = f.cases.iter().find(|c| c.name == name).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let bytes = fs::read(&case.path).unwrap();
+        for cut in [bytes.len() / 2, bytes.len() - 20] {
+            let p = dir.path().join("cut.png");
+            fs::write(&p, &bytes[..cut]).unwrap();
+            let opts = ReaderOptions {
+                cache: Arc::new(TileCache::default()),
+                checkpoint_dir: Some(dir.path().join("ckpt")),
+            };
+            if let Ok(r) = Reader::open(&p, &opts) {
+                let mut all = vec![0u8; case.data.len()];
+                assert!(
+                    r.read_exact_at(0, &mut all).is_err(),
+                    "{name} cut at {cut}: reading must fail"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn stale_checkpoint_cache_is_rebuilt() {
+    let f = fixtures();
+    let e = f
+        .cases
+        .iter()
+        .find(|c| c.name == "e_300000_prng.rts.png")
+        .unwrap();
+    let g = f
+        .cases
+        .iter()
+        .find(|c| c.name == "c_1000_prng.rts.png")
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = dir.path().join("ckpt");
+    let path = dir.path().join("ref.rts.png");
+    fs::copy(&e.path, &path).unwrap();
+    fs::copy(
+        e.path.with_extension("png.meta.json"),
+        dir.path().join("ref.rts.png.meta.json"),
+    )
+    .ok();
+    let cache = Arc::new(TileCache::default());
+    let opts = ReaderOptions {
+        cache: cache.clone(),
+        checkpoint_dir: Some(ckpt.clone()),
+    };
+    let r = Reader::open(&path, &opts).unwrap();
+    let mut all = vec![0u8; e.data.len()];
+    r.read_exact_at(0, &mut all).unwrap();
+    assert_eq!(all, e.data);
+    let old_index: Vec<PathBuf> = fs::read_dir(&ckpt)
+        .unwrap()
+        .map(|d| d.unwrap().path())
+        .collect();
+    assert_eq!(old_index.len(), 1);
+    drop(r);
+    // The file changes in place (same path, same inode) to another reference file; the old
+    // index is also planted under the new file's cache name.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    fs::write(&path, fs::read(&g.path).unwrap()).unwrap();
+    let _ = fs::remove_file(dir.path().join("ref.rts.png.meta.json"));
+    let new_name = CheckpointIndex::build(&path, 1 << 20)
+        .unwrap()
+        .cache_file_name();
+    fs::copy(&old_index[0], ckpt.join(new_name)).unwrap();
+    let r = Reader::open(&path, &opts).unwrap();
+    let mut all = vec![0u8; g.data.len()];
+    r.read_exact_at(0, &mut all).unwrap();
+    assert_eq!(all, g.data, "bytes after the change");
+    // Reading past the new end gives nothing.
+    assert_eq!(r.read_at(g.data.len() as u64, &mut [0u8; 8]).unwrap(), 0);
+}
+
+#[test]
+fn compressed_or_missing_files_error_with_their_name() {
+    let e = Reader::open(
+        Path::new("/nonexistent/x.rts.png"),
+        &ReaderOptions::default(),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("/nonexistent/x.rts.png"));
+    // Same file read twice through one cache: the second reader hits the first one's tiles.
+    let f = fixtures();
+    let case = f
+        .cases
+        .iter()
+        .find(|c| c.name == "ours_300000.rts.png")
+        .unwrap();
+    let cache = Arc::new(TileCache::default());
+    let opts = ReaderOptions {
+        cache: cache.clone(),
+        checkpoint_dir: None,
+    };
+    let a = Reader::open(&case.path, &opts).unwrap();
+    let b = Reader::open(&case.path, &opts).unwrap();
+    let mut buf = vec![0u8; 1000];
+    a.read_at(500, &mut buf).unwrap();
+    let misses = cache.stats().misses;
+    b.read_at(500, &mut buf).unwrap();
+    assert_eq!(cache.stats().misses, misses);
+    assert_eq!(&buf[..], &case.data[500..1500]);
+}
+
+#[test]
+fn read_at_positional_semantics() {
+    let f = fixtures();
+    let case = f
+        .cases
+        .iter()
+        .find(|c| c.name == "ours_5000.rts.png")
+        .unwrap();
+    let r = Reader::open(&case.path, &ReaderOptions::default()).unwrap();
+    let mut buf = [0u8; 100];
+    assert_eq!(r.read_at(4950, &mut buf).unwrap(), 50);
+    assert_eq!(r.read_at(5000, &mut buf).unwrap(), 0);
+    assert_eq!(r.read_at(u64::MAX, &mut buf).unwrap(), 0);
+    assert_eq!(r.read_at(0, &mut []).unwrap(), 0);
+    let file = File::open(&case.path).unwrap();
+    let mut one = [0u8; 1];
+    assert_eq!(file.read_at(&mut one, 0).unwrap(), 1);
+}
+
+#[test]
+fn cli_cat_writes_ranges_and_names_bad_files() {
+    let f = fixtures();
+    let bin = env!("CARGO_BIN_EXE_pixelrts");
+    for name in [
+        "ours_t16_300000.rts.png",
+        "e_300000_prng.rts.png",
+        "f_add_wasm_code.rts.png",
+    ] {
+        let case = f.cases.iter().find(|c| c.name == name).unwrap();
+        let run = |args: &[&str]| {
+            let out = std::process::Command::new(bin)
+                .arg("cat")
+                .arg(&case.path)
+                .args(["--checkpoint-dir", f.ckpt.to_str().unwrap()])
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{name}: {:?}", out);
+            out.stdout
+        };
+        assert_eq!(run(&[]), case.data, "{name}: whole");
+        assert_eq!(
+            run(&["--offset", "17", "--length", "100"]),
+            expected(&case.data, 17, 100),
+            "{name}: range"
+        );
+        assert_eq!(
+            run(&["--offset", "99999999"]),
+            Vec::<u8>::new(),
+            "{name}: past the end"
+        );
+    }
+    let out = std::process::Command::new(bin)
+        .args(["cat", "/nonexistent/y.rts.png"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/y.rts.png"));
+}
