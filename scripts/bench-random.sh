@@ -16,6 +16,7 @@
 # The first read of the Pillow file builds its checkpoint index (reported as first_read_ms).
 #
 # Usage:  scripts/bench-random.sh [WORK_DIR]
+#   HISTORY_DIR=benchmark_results   where the results are appended (benchmark_history.jsonl)
 #   QUICK=1      16 MiB inputs and a 1024x1024 Pillow image (a smoke run, about a minute)
 #   READS=1000   random reads per size
 #   JSON=1       print JSON reports instead of text
@@ -72,5 +73,5 @@ for f in random.rts.png zeros.rts.png pillow.png; do
     if [ "$(id -u)" = 0 ]; then
         echo 1 >/proc/sys/vm/drop_caches 2>/dev/null || true
     fi
-    "$bin" bench-random "$work/$f" --reads "$reads" --checkpoint-dir "$work/ckpt" "${json_flag[@]}"
+    "$bin" bench-random "$work/$f" --reads "$reads" --checkpoint-dir "$work/ckpt" --history "${HISTORY_DIR:-benchmark_results}" "${json_flag[@]}"
 done

@@ -180,3 +180,56 @@ fn gpu_on_fails_clearly_without_a_gpu_and_auto_falls_back() {
         );
     }
 }
+
+/// The random-access benchmark writes to the same history, under its own test names.
+#[test]
+fn random_access_benchmark_writes_to_the_shared_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let data: Vec<u8> = (0..600_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(dir.path().join("in.bin"), &data).unwrap();
+    let enc = pixelrts(&["encode", "in.bin", "--no-sidecar"], dir.path());
+    assert!(enc.status.success(), "{}", text(&enc));
+    let out = pixelrts(
+        &[
+            "bench-random",
+            "in.bin.rts.png",
+            "--reads",
+            "20",
+            "--threads",
+            "1",
+            "--no-plain-png",
+            "--history",
+            "res",
+        ],
+        dir.path(),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let history = std::fs::read_to_string(dir.path().join("res/benchmark_history.jsonl")).unwrap();
+    let names: Vec<String> = history
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["test_name"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert!(
+        names.contains(&"random_read_4096B_seekable".to_string()),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"sequential_read_1t_seekable".to_string()),
+        "{names:?}"
+    );
+    let dash = pixelrts(
+        &["dashboard", "--results-dir", "res", "--output", "d.html"],
+        dir.path(),
+    );
+    assert!(dash.status.success(), "{}", text(&dash));
+    assert!(std::fs::read_to_string(dir.path().join("d.html"))
+        .unwrap()
+        .contains("random_read_4096B_seekable"));
+}

@@ -112,6 +112,9 @@ struct BenchRandomArgs {
     /// Print JSON.
     #[arg(long)]
     json: bool,
+    /// Also append the results to DIR/benchmark_history.jsonl (shown by `pixelrts dashboard`).
+    #[arg(long, value_name = "DIR")]
+    history: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -497,6 +500,9 @@ fn cmd_bench_random(a: BenchRandomArgs) -> anyhow::Result<i32> {
             ..Default::default()
         },
     )?;
+    if let Some(dir) = &a.history {
+        pixelrts::bench::append_history(dir, &random_read_records(&report))?;
+    }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(0);
@@ -531,4 +537,59 @@ fn cmd_bench_random(a: BenchRandomArgs) -> anyhow::Result<i32> {
         );
     }
     Ok(0)
+}
+
+/// History records for a random-access run: cold random reads (MB/s at the median latency)
+/// and sequential reads through the reader, whose same-run reference is a full decode.
+fn random_read_records(
+    report: &pixelrts::reader::bench::BenchReport,
+) -> Vec<pixelrts::bench::BenchRecord> {
+    use pixelrts::bench::BenchRecord;
+    let kind = format!("{:?}", report.kind).to_lowercase();
+    let mut records = Vec::new();
+    for l in &report.latency {
+        let mut r = BenchRecord::new(format!("random_read_{}B_{kind}", l.size), l.size as u64);
+        r.decode_time = l.cold_p50_us / 1e6;
+        r.total_time = r.decode_time;
+        r.throughput_mb_sec = if l.cold_p50_us > 0.0 {
+            l.size as f64 / l.cold_p50_us
+        } else {
+            0.0
+        };
+        r.decode_mb_sec = r.throughput_mb_sec;
+        r.metadata.iterations = l.reads as u32;
+        r.metadata.pattern = "random-access".into();
+        r.metadata.mode = kind.clone();
+        r.metadata
+            .extra
+            .insert("file".into(), report.file.clone().into());
+        r.metadata
+            .extra
+            .insert("cold_p99_us".into(), l.cold_p99_us.into());
+        r.metadata
+            .extra
+            .insert("warm_p50_us".into(), l.warm_p50_us.into());
+        r.metadata
+            .extra
+            .insert("inflated_per_served".into(), l.inflated_per_served.into());
+        records.push(r);
+    }
+    for q in &report.sequential {
+        let mut r = BenchRecord::new(
+            format!("sequential_read_{}t_{kind}", q.threads),
+            report.data_size,
+        );
+        r.threads = q.threads;
+        r.throughput_mb_sec = q.reader_mib_s * 1.048576;
+        r.decode_mb_sec = r.throughput_mb_sec;
+        r.reference_mb_sec = Some(q.decode_mib_s * 1.048576);
+        r.metadata.iterations = 1;
+        r.metadata.pattern = "sequential".into();
+        r.metadata.mode = kind.clone();
+        r.metadata
+            .extra
+            .insert("file".into(), report.file.clone().into());
+        records.push(r);
+    }
+    records
 }
