@@ -83,7 +83,6 @@ impl Container {
         let mut found: Option<(Map<String, Value>, Option<B64Source>, MetadataSource)> = None;
         let mut index_chunk = None;
         let mut first_idat = None;
-        let mut saw_iend = false;
         for chunk in walker.by_ref() {
             let chunk = chunk?;
             match &chunk.kind {
@@ -108,11 +107,9 @@ impl Container {
                     }
                 }
                 b"rtIX" if first_idat.is_none() => index_chunk = Some(chunk),
-                b"IEND" => saw_iend = true,
                 _ => {}
             }
         }
-        let _ = saw_iend;
         let first_idat_chunk = first_idat;
         let mut sidecar_conflict = None;
         let (map, b64, source) = match found {
