@@ -8,7 +8,7 @@ use std::os::unix::fs::FileExt;
 use super::{Container, HashingWriter, Sink};
 use crate::decode::DecodeOptions;
 use crate::error::{Error, IoContext, Result};
-use crate::format::hilbert::{gather_tile, TileTables};
+use crate::format::hilbert::{band_tables, gather_tile_from_band};
 
 /// Stripe buffers stay under this size whatever the grid.
 const STRIPE_BUDGET: u64 = 16 << 20;
@@ -21,12 +21,8 @@ pub(super) fn decode_sequential(
     let path = &c.path;
     let payload = c.metadata.pixel_payload_size;
     let grid = c.grid;
-    // Tiles whose side makes a stripe fit the budget.
-    let mut side = grid.min(256);
-    while side > 1 && side * grid * 4 > STRIPE_BUDGET {
-        side /= 2;
-    }
-    let tables = TileTables::new(grid, side);
+    let tables = band_tables(grid, STRIPE_BUDGET);
+    let side = tables.tile_side();
     let tile_bytes = 4 * tables.tile_pixels();
     let tiles_with_data = payload.div_ceil(tile_bytes);
     // Only the stripes that hold payload need decoding: a small payload in a huge (or hostile)
@@ -78,13 +74,7 @@ pub(super) fn decode_sequential(
                 continue;
             }
             let len = (payload - start).min(tile_bytes) as usize;
-            let x0 = (column * side * 4) as usize;
-            let w = (side * 4) as usize;
-            for r in 0..side as usize {
-                tile[r * w..(r + 1) * w]
-                    .copy_from_slice(&stripe[r * row_bytes + x0..r * row_bytes + x0 + w]);
-            }
-            gather_tile(tables.positions(&place), &tile, &mut part[..len]);
+            gather_tile_from_band(&tables, &place, &stripe, &mut tile, &mut part[..len]);
             target
                 .write_all_at(&part[..len], start)
                 .map_err(|e| Error::io("<output>", e))?;

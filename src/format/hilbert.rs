@@ -269,6 +269,34 @@ pub fn gather_tile(positions: &[u32], tile: &[u8], payload: &mut [u8]) {
     }
 }
 
+/// Tiles for reading a plain PNG a stripe of scanlines at a time: the largest side up to 256
+/// whose stripe (`side` full scanlines) stays within `budget` bytes.
+pub fn band_tables(grid: u64, budget: u64) -> TileTables {
+    let mut side = grid.min(256);
+    while side > 1 && side * grid * 4 > budget {
+        side /= 2;
+    }
+    TileTables::new(grid, side)
+}
+
+/// Cuts the tile at `place` out of `band` (its stripe's full scanlines, row-major) into
+/// `tile` and gathers its payload into `out` (which may be shorter than a whole tile).
+pub fn gather_tile_from_band(
+    tables: &TileTables,
+    place: &TilePlace,
+    band: &[u8],
+    tile: &mut [u8],
+    out: &mut [u8],
+) {
+    let width = (4 * tables.tile_side()) as usize;
+    let row_bytes = (4 * tables.grid()) as usize;
+    let x0 = place.column as usize * width;
+    for (r, tile_row) in tile.chunks_exact_mut(width).enumerate() {
+        tile_row.copy_from_slice(&band[r * row_bytes + x0..r * row_bytes + x0 + width]);
+    }
+    gather_tile(tables.positions(place), tile, out);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

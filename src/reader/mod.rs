@@ -40,14 +40,12 @@ use rayon::prelude::*;
 use crate::cache::{FileKey, TileCache, TileKey};
 use crate::decode::{Container, SeekableImage, TileScratch};
 use crate::error::{Error, IoContext, Result};
-use crate::format::hilbert::{gather_tile, TileTables};
+use crate::format::hilbert::{band_tables, gather_tile_from_band, TileTables};
 use crate::format::metadata::B64Source;
 use checkpoint::{CheckpointError, CheckpointIndex};
 
 /// Largest band of rows a plain-PNG virtual tile may need (bytes of RGBA).
 const MAX_BAND_BYTES: u64 = 16 << 20;
-/// Largest virtual tile side for plain PNGs.
-const MAX_VIRTUAL_SIDE: u64 = 256;
 /// Tiles fetched per batch of a large read (bounds the memory a huge read holds).
 const BATCH_TILES: usize = 64;
 
@@ -221,11 +219,8 @@ impl Reader {
                 pool: Mutex::new(Vec::new()),
             }
         } else {
-            let mut side = grid.min(MAX_VIRTUAL_SIDE);
-            while side > 1 && side * grid * 4 > MAX_BAND_BYTES {
-                side /= 2;
-            }
-            let tables = TileTables::new(grid, side);
+            let tables = band_tables(grid, MAX_BAND_BYTES);
+            let side = tables.tile_side();
             Backend::Plain(Plain {
                 file: c.file.try_clone().at(path)?,
                 grid,
@@ -540,8 +535,7 @@ impl Reader {
             .read_rows(&p.file, (row * t) as u32, t as u32, &mut band)
             .map_err(|e| from_checkpoint(&self.path, e))?;
         self.cache.add_inflated(band.len() as u64);
-        let tw = 4 * t as usize;
-        let mut tile = vec![0u8; tw * t as usize];
+        let mut tile = vec![0u8; (4 * t * t) as usize];
         let mut tiles = Vec::new();
         for column in 0..p.tables.tiles_per_side() {
             let place = p.tables.place_at(column, row);
@@ -549,12 +543,8 @@ impl Reader {
             if j * p.tile_bytes >= self.len {
                 continue;
             }
-            for r in 0..t as usize {
-                let src = r * row_bytes + column as usize * tw;
-                tile[r * tw..(r + 1) * tw].copy_from_slice(&band[src..src + tw]);
-            }
             let mut payload = vec![0u8; self.tile_len(p.tile_bytes, j)];
-            gather_tile(p.tables.positions(&place), &tile, &mut payload);
+            gather_tile_from_band(&p.tables, &place, &band, &mut tile, &mut payload);
             let payload: Arc<[u8]> = payload.into();
             self.cache.insert(self.tile_key(j), payload.clone());
             tiles.push((j, payload));
