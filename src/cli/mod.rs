@@ -2,6 +2,7 @@
 //! library. `main.rs` only calls [`run`].
 
 mod bench_cmd;
+mod mount_cmd;
 mod progress;
 
 use std::io::Write;
@@ -73,6 +74,14 @@ enum Command {
     /// Random-access benchmark of one file (cold/warm latency, sequential throughput).
     #[command(hide = true)]
     BenchRandom(BenchRandomArgs),
+    /// Mount a folder of .rts.png files: each appears as its decoded file; files written to
+    /// MOUNTPOINT/encode/ become .rts.png files in SOURCE when closed.
+    #[command(
+        after_help = "Examples:\n  pixelrts mount ~/images /mnt/rts                 # returns once mounted\n  pixelrts mount ~/images /mnt/rts -o ro,allow_other -f\n  mount -t fuse.pixelrts ~/images /mnt/rts -o cache_size=1G   # via mount.fuse3\n  pixelrts umount /mnt/rts"
+    )]
+    Mount(mount_cmd::MountArgs),
+    /// Unmount a pixelrts mount (fusermount3 -u; umount(2) as root).
+    Umount(mount_cmd::UmountArgs),
 }
 
 #[derive(Args, Debug)]
@@ -218,9 +227,27 @@ fn parse_mode(s: &str) -> Result<Mode, String> {
 
 /// Runs the command line; returns the process exit status.
 pub fn run() -> i32 {
-    let cli = Cli::parse();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let Some(call) = mount_cmd::helper_call(&args) {
+        return match call {
+            Ok(call) => {
+                init_logging(call.verbose);
+                report(mount_cmd::run_helper(call))
+            }
+            Err(e) => {
+                eprintln!("error: {e}\nusage: pixelrts SOURCE MOUNTPOINT [-o OPTIONS] (the mount.fuse3 convention); see pixelrts mount --help");
+                EXIT_ERROR
+            }
+        };
+    }
+    let cli = Cli::parse_from(args);
     init_logging(cli.verbose);
-    match dispatch(cli.command) {
+    let verbose = cli.verbose;
+    report(dispatch(cli.command, verbose))
+}
+
+fn report(result: anyhow::Result<i32>) -> i32 {
+    match result {
         Ok(code) => code,
         Err(e) => {
             let _ = std::io::stdout().flush();
@@ -237,8 +264,10 @@ fn init_logging(verbose: u8) {
         2 => "debug",
         _ => "trace",
     };
+    // fuser warns when its own unmount-on-exit finds the mount already gone (our unmount
+    // came first): routine, so only its errors are shown unless PIXELRTS_LOG asks.
     let filter = tracing_subscriber::EnvFilter::try_from_env("PIXELRTS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default},fuser=error")));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -246,8 +275,10 @@ fn init_logging(verbose: u8) {
         .try_init();
 }
 
-fn dispatch(command: Command) -> anyhow::Result<i32> {
+fn dispatch(command: Command, verbose: u8) -> anyhow::Result<i32> {
     match command {
+        Command::Mount(a) => mount_cmd::cmd_mount(a, verbose),
+        Command::Umount(a) => mount_cmd::cmd_umount(a),
         Command::Encode(a) => cmd_encode(a),
         Command::Decode(a) => cmd_decode(a),
         Command::Info(a) => cmd_info(a),
