@@ -32,6 +32,8 @@ const LOG_FILE_ENV: &str = "PIXELRTS_LOG_FILE";
 const HELPER_NAME: &str = "mount.fuse.pixelrts";
 /// How long to wait for the session to end after unmounting.
 const SESSION_END_WAIT: Duration = Duration::from_secs(10);
+/// How long open files may keep a lazily detached mount alive after SIGTERM.
+const BUSY_EXIT_WAIT: Duration = Duration::from_secs(2);
 
 #[derive(Args, Debug)]
 pub struct MountArgs {
@@ -383,14 +385,19 @@ fn foreground(a: &MountArgs, opts: &MountOptions) -> anyhow::Result<i32> {
             _ => {
                 tracing::info!("signal {sig}: unmounting {}", mp.display());
                 sd_notify("STOPPING=1");
+                let mut wait = SESSION_END_WAIT;
                 if let Err(e) = fs::unmount(&mp, false) {
                     tracing::warn!("{e}; detaching lazily");
                     if let Err(e) = fs::unmount(&mp, true) {
                         // Already gone (e.g. unmounted at the same moment): nothing to do.
                         tracing::warn!("{e}");
                     }
+                    // Detached but busy: the session lasts as long as files stay open. Exiting
+                    // ends it (open files then fail with ENOTCONN); spooled data stays in the
+                    // spool for the next mount.
+                    wait = BUSY_EXIT_WAIT;
                 }
-                match mounted.join_timeout(SESSION_END_WAIT) {
+                match mounted.join_timeout(wait) {
                     Some(Err(e)) => tracing::warn!("session ended with: {e}"),
                     None => tracing::warn!(
                         "{}: still in use after unmounting; exiting anyway",

@@ -1,0 +1,746 @@
+//! `pixelrts mount` for real: every test mounts its own temporary SOURCE on its own temporary
+//! mount point through the built binary, and a guard unmounts (`fusermount3 -u -z`) and stops
+//! the mount process even when the test fails. Anything that could block on the filesystem
+//! runs under a timeout.
+//!
+//! Needs /dev/fuse and fusermount3 (root, or a user allowed to mount FUSE).
+mod common;
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn require_fuse() {
+    assert!(
+        Path::new("/dev/fuse").exists(),
+        "/dev/fuse is missing: these tests mount a FUSE filesystem (load the fuse module, or run in a container with --device /dev/fuse)"
+    );
+    assert!(
+        Command::new("fusermount3").arg("-V").output().is_ok(),
+        "fusermount3 is not installed (Debian: apt-get install -y fuse3)"
+    );
+}
+
+/// Runs `f` on another thread; panics if it takes longer than `limit` (a hung filesystem
+/// must fail the test, not hang it).
+fn timed<T: Send + 'static>(
+    what: &str,
+    limit: Duration,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(v) => v,
+        Err(_) => panic!("{what}: no answer within {limit:?}"),
+    }
+}
+
+/// Runs a command with a time limit; kills it when the limit passes.
+fn run_limited(mut cmd: Command, limit: Duration) -> Output {
+    let what = format!("{cmd:?}");
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+    wait_output(child, limit, &what)
+}
+
+fn wait_output(mut child: Child, limit: Duration, what: &str) -> Output {
+    let start = Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => return child.wait_with_output().unwrap(),
+            Ok(None) if start.elapsed() > limit => {
+                let _ = child.kill();
+                let out = child.wait_with_output().unwrap();
+                panic!("{what}: still running after {limit:?}: {}", describe(&out));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => panic!("{what}: {e}"),
+        }
+    }
+}
+
+fn pixelrts(args: &[&OsStr]) -> Output {
+    let mut c = Command::new(bin());
+    c.args(args);
+    run_limited(c, WAIT)
+}
+
+/// True when something is mounted exactly at `mp`.
+fn is_mounted(mp: &Path) -> bool {
+    let mp = mp.canonicalize().unwrap_or_else(|_| mp.to_path_buf());
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    text.lines().any(|l| {
+        l.split(' ')
+            .nth(4)
+            .is_some_and(|p| p.replace("\\040", " ") == mp.to_string_lossy())
+    })
+}
+
+/// The `pixelrts mount` processes serving `mp` (found by their command line).
+fn mount_pids(mp: &Path) -> Vec<u32> {
+    let want = mp.as_os_str().as_encoded_bytes().to_vec();
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+        let is_ours = args
+            .first()
+            .is_some_and(|a| a.ends_with(b"pixelrts") || a.ends_with(b"mount.fuse.pixelrts"));
+        if is_ours && args.contains(&want.as_slice()) && alive(pid) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Running (not gone, not a zombie waiting for its reaper).
+fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => {
+            let state = s
+                .rsplit(')')
+                .next()
+                .and_then(|r| r.split_whitespace().next());
+            state != Some("Z")
+        }
+        Err(_) => false,
+    }
+}
+
+fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    cond()
+}
+
+/// A mounted test filesystem: SOURCE, mount point, and cleanup that always runs.
+struct Mounted {
+    _tmp: tempfile::TempDir,
+    src: PathBuf,
+    mp: PathBuf,
+}
+
+impl Mounted {
+    /// Mounts `src` (moved into the guard's temp dir) in the background, asserting success.
+    fn new(opts: &[&str]) -> Self {
+        let m = Self::unmounted();
+        m.mount_ok(opts);
+        m
+    }
+
+    fn unmounted() -> Self {
+        require_fuse();
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("src");
+        let mp = tmp.path().join("mnt");
+        std::fs::create_dir(&src).unwrap();
+        std::fs::create_dir(&mp).unwrap();
+        Mounted { _tmp: tmp, src, mp }
+    }
+
+    fn mount_args(&self, opts: &[&str]) -> Vec<std::ffi::OsString> {
+        let mut a: Vec<std::ffi::OsString> = vec![
+            "mount".into(),
+            self.src.clone().into(),
+            self.mp.clone().into(),
+        ];
+        for o in opts {
+            a.push("-o".into());
+            a.push((*o).into());
+        }
+        a
+    }
+
+    fn mount(&self, opts: &[&str]) -> Output {
+        let args = self.mount_args(opts);
+        let args: Vec<&OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+        pixelrts(&args)
+    }
+
+    fn mount_ok(&self, opts: &[&str]) {
+        let out = self.mount(opts);
+        assert!(out.status.success(), "mount failed: {}", describe(&out));
+        // Ready means ready: no waiting here.
+        assert!(
+            is_mounted(&self.mp),
+            "mount returned before the mount existed"
+        );
+    }
+
+    fn unmount(&self) {
+        let out = pixelrts(&["umount".as_ref(), self.mp.as_os_str()]);
+        assert!(out.status.success(), "umount: {}", describe(&out));
+        assert!(!is_mounted(&self.mp));
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.mp.join(rel)
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let pids = mount_pids(&self.mp);
+        if is_mounted(&self.mp) {
+            let _ = Command::new("fusermount3")
+                .args(["-u", "-z", "-q"])
+                .arg(&self.mp)
+                .stderr(Stdio::null())
+                .status();
+        }
+        for pid in pids {
+            if !wait_until(Duration::from_secs(5), || !alive(pid)) {
+                // SAFETY: kill of a test-owned process by pid.
+                unsafe {
+                    libc::kill(pid as i32, libc::SIGKILL);
+                }
+            }
+        }
+    }
+}
+
+fn manifest() -> Value {
+    serde_json::from_str(&std::fs::read_to_string(vectors_dir().join("manifest.json")).unwrap())
+        .unwrap()
+}
+
+/// (shown name, original input path) of every vector with an output PNG, the PNGs (and
+/// sidecars) copied into `src`.
+fn install_vectors(src: &Path) -> Vec<(String, PathBuf)> {
+    let mut out = Vec::new();
+    for v in manifest()["vectors"].as_array().unwrap() {
+        let Some(png) = v["output_png"].as_str() else {
+            continue;
+        };
+        for f in v["outputs_written"].as_array().unwrap() {
+            let f = f.as_str().unwrap();
+            std::fs::copy(vectors_dir().join(f), src.join(f)).unwrap();
+        }
+        let shown = png.strip_suffix(".rts.png").unwrap().to_string();
+        out.push((shown, vectors_dir().join(v["input"].as_str().unwrap())));
+    }
+    assert!(out.len() >= 8, "too few vectors: {out:?}");
+    out
+}
+
+/// Encodes `data` with the CLI into `png` (extra CLI args allowed).
+fn encode_into(data: &[u8], png: &Path, extra: &[&str]) {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("input");
+    std::fs::write(&input, data).unwrap();
+    let mut args: Vec<&OsStr> = vec!["encode".as_ref(), input.as_os_str(), png.as_os_str()];
+    args.extend(extra.iter().map(OsStr::new));
+    let out = pixelrts(&args);
+    assert!(out.status.success(), "encode: {}", describe(&out));
+}
+
+#[test]
+fn every_reference_vector_compares_equal_through_the_mount() {
+    let m = Mounted::unmounted();
+    let vectors = install_vectors(&m.src);
+    m.mount_ok(&["ro"]);
+    let mut listed = list_dir(&m.mp);
+    listed.sort();
+    let mut want: Vec<String> = vectors.iter().map(|(n, _)| n.clone()).collect();
+    want.sort();
+    assert_eq!(listed, want, "sidecars and PNG names must not show");
+    for (name, input) in &vectors {
+        let shown = m.path(name);
+        let meta = std::fs::metadata(&shown).unwrap();
+        assert_eq!(
+            meta.len(),
+            std::fs::metadata(input).unwrap().len(),
+            "{name}: size"
+        );
+        let mut c = Command::new("cmp");
+        c.arg(&shown).arg(input);
+        let out = run_limited(c, WAIT);
+        assert!(out.status.success(), "cmp {name}: {}", describe(&out));
+    }
+}
+
+#[test]
+fn random_ranges_from_8_threads_match_the_originals() {
+    let m = Mounted::unmounted();
+    let seekable = prng_bytes(3 << 20, 7);
+    encode_into(&seekable, &m.src.join("seekable.bin.rts.png"), &[]);
+    std::fs::copy(
+        vectors_dir().join("g_5MiB_prng.rts.png"),
+        m.src.join("plain.rts.png"),
+    )
+    .unwrap();
+    let plain = std::fs::read(vectors_dir().join("g_5MiB_prng.bin")).unwrap();
+    m.mount_ok(&["ro", "threads=8", "cache_size=4M"]);
+    let files = Arc::new(vec![
+        (m.path("seekable.bin"), seekable),
+        (m.path("plain"), plain),
+    ]);
+    let files2 = files.clone();
+    timed("8 threads of random preads", WAIT, move || {
+        let handles: Vec<_> = (0..8u64)
+            .map(|t| {
+                let files = files2.clone();
+                std::thread::spawn(move || {
+                    let mut s = t.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+                    let mut next = move || {
+                        s ^= s << 13;
+                        s ^= s >> 7;
+                        s ^= s << 17;
+                        s
+                    };
+                    for i in 0..150 {
+                        let (path, orig) = &files[(i + t as usize) % files.len()];
+                        let f = File::open(path).unwrap();
+                        let off = next() % orig.len() as u64;
+                        let len = (next() % (300 << 10)) as usize + 1;
+                        let mut buf = vec![0u8; len];
+                        let n = f.read_at(&mut buf, off).unwrap();
+                        let end = (off as usize + len).min(orig.len());
+                        assert_eq!(n, end - off as usize, "{} at {off}+{len}", path.display());
+                        assert!(
+                            buf[..n] == orig[off as usize..end],
+                            "{}: bytes differ at {off}+{len}",
+                            path.display()
+                        );
+                        // Past the end: nothing.
+                        assert_eq!(f.read_at(&mut buf[..1], orig.len() as u64).unwrap(), 0);
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().expect("a reader thread failed");
+        }
+    });
+    drop(files);
+}
+
+#[test]
+fn python_mmap_slices_match() {
+    let m = Mounted::unmounted();
+    let data = prng_bytes((1 << 20) + 12345, 11);
+    encode_into(&data, &m.src.join("m.rts.png"), &[]);
+    let orig = m._tmp.path().join("orig");
+    std::fs::write(&orig, &data).unwrap();
+    m.mount_ok(&[]);
+    let script = r#"
+import mmap, random, sys
+mounted, orig = sys.argv[1], sys.argv[2]
+want = open(orig, 'rb').read()
+with open(mounted, 'rb') as f:
+    mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    assert len(mm) == len(want), (len(mm), len(want))
+    rnd = random.Random(5)
+    for _ in range(300):
+        a = rnd.randrange(len(want)); b = min(len(want), a + rnd.randrange(1, 200000))
+        assert mm[a:b] == want[a:b], (a, b)
+    assert mm[:] == want
+    mm.close()
+print("ok")
+"#;
+    let mut c = Command::new("python3");
+    c.arg("-c").arg(script).arg(m.path("m")).arg(&orig);
+    let out = run_limited(c, WAIT);
+    assert!(out.status.success(), "python mmap: {}", describe(&out));
+}
+
+#[test]
+fn xattrs_show_metadata_with_size_probe_and_erange() {
+    let m = Mounted::unmounted();
+    encode_into(
+        b"kernel bytes",
+        &m.src.join("k.rts.png"),
+        &[
+            "--type",
+            "kernel",
+            "--meta",
+            "arch=\"x86_64\"",
+            "--meta",
+            "tags=[1,2]",
+        ],
+    );
+    m.mount_ok(&[]);
+    let mut c = Command::new("getfattr");
+    c.args(["-d", "-m", "user.pixelrts", "--absolute-names"])
+        .arg(m.path("k"));
+    let out = run_limited(c, WAIT);
+    assert!(out.status.success(), "getfattr: {}", describe(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for line in [
+        "user.pixelrts.type=\"kernel\"",
+        "user.pixelrts.arch=\"x86_64\"",
+        "user.pixelrts.tags=\"[1,2]\"",
+        "user.pixelrts.data_size=\"12\"",
+        "user.pixelrts.format=\"PixelRTS-2.0\"",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no {line} in:\n{text}");
+    }
+    let whole = text
+        .lines()
+        .find_map(|l| l.strip_prefix("user.pixelrts.metadata="))
+        .expect("user.pixelrts.metadata");
+    assert!(whole.contains("\\\"type\\\":\\\"kernel\\\""), "{whole}");
+
+    // The size-0 probe, ERANGE, ENODATA, listxattr, and read-only: through libc via ctypes.
+    let script = r#"
+import ctypes, errno, json, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+p = sys.argv[1].encode()
+res = {}
+name = b"user.pixelrts.type"
+n = libc.getxattr(p, name, None, 0); res["probe"] = n
+buf = ctypes.create_string_buffer(64)
+r = libc.getxattr(p, name, buf, 64); res["value"] = buf.raw[:r].decode()
+small = ctypes.create_string_buffer(2)
+r = libc.getxattr(p, name, small, 2); res["small"] = [r, ctypes.get_errno() == errno.ERANGE]
+r = libc.getxattr(p, b"user.pixelrts.nope", buf, 64); res["missing"] = [r, ctypes.get_errno() == errno.ENODATA]
+ln = libc.listxattr(p, None, 0); big = ctypes.create_string_buffer(ln)
+r = libc.listxattr(p, big, ln); res["list"] = [x.decode() for x in big.raw[:r].split(b"\0") if x]
+r = libc.listxattr(p, small, 2); res["list_small"] = [r, ctypes.get_errno() == errno.ERANGE]
+try:
+    os.setxattr(sys.argv[1], "user.pixelrts.type", b"x"); res["set"] = "ok"
+except OSError as e:
+    res["set"] = errno.errorcode[e.errno]
+print(json.dumps(res))
+"#;
+    let mut c = Command::new("python3");
+    c.arg("-c").arg(script).arg(m.path("k"));
+    let out = run_limited(c, WAIT);
+    assert!(out.status.success(), "python xattr: {}", describe(&out));
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["probe"], 6, "{r}");
+    assert_eq!(r["value"], "kernel");
+    assert_eq!(r["small"], serde_json::json!([-1, true]));
+    assert_eq!(r["missing"], serde_json::json!([-1, true]));
+    assert_eq!(r["list_small"], serde_json::json!([-1, true]));
+    assert_eq!(r["set"], "EROFS");
+    let list: Vec<&str> = r["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert!(
+        list.contains(&"user.pixelrts.type") && list.contains(&"user.pixelrts.metadata"),
+        "{list:?}"
+    );
+}
+
+/// Every file under `dir` with its bytes, sorted (to prove SOURCE did not change).
+fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push((p.clone(), std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn writes_to_decoded_files_fail_with_erofs_and_source_is_untouched() {
+    let m = Mounted::unmounted();
+    std::fs::create_dir(m.src.join("sub")).unwrap();
+    encode_into(b"read only", &m.src.join("sub/f.rts.png"), &[]);
+    m.mount_ok(&[]);
+    let before = snapshot(&m.src);
+    let f = m.path("sub/f");
+    let mp = m.mp.clone();
+    let errors = timed("writes into the view", WAIT, move || {
+        let code = |r: std::io::Result<()>| r.err().and_then(|e| e.raw_os_error());
+        vec![
+            (
+                "open for writing",
+                code(std::fs::OpenOptions::new().write(true).open(&f).map(|_| ())),
+            ),
+            (
+                "truncate",
+                code(
+                    std::fs::OpenOptions::new()
+                        .write(true)
+                        .truncate(true)
+                        .open(&f)
+                        .map(|_| ()),
+                ),
+            ),
+            ("create", code(std::fs::write(mp.join("sub/new"), b"x"))),
+            ("unlink", code(std::fs::remove_file(&f))),
+            ("rename", code(std::fs::rename(&f, mp.join("sub/g")))),
+            ("mkdir", code(std::fs::create_dir(mp.join("sub/d")))),
+            ("rmdir", code(std::fs::remove_dir(mp.join("sub")))),
+            (
+                "chmod",
+                code(std::fs::set_permissions(
+                    &f,
+                    std::os::unix::fs::PermissionsExt::from_mode(0o644),
+                )),
+            ),
+        ]
+    });
+    for (op, e) in errors {
+        assert_eq!(e, Some(libc::EROFS), "{op} on a decoded file");
+    }
+    assert_eq!(std::fs::read(m.path("sub/f")).unwrap(), b"read only");
+    assert!(snapshot(&m.src) == before, "SOURCE changed");
+}
+
+#[test]
+fn new_and_replaced_pngs_in_source_show_up() {
+    let m = Mounted::new(&["ro"]);
+    assert!(list_dir(&m.mp).is_empty());
+    encode_into(b"first", &m.src.join("a.rts.png"), &[]);
+    let a = m.path("a");
+    assert!(
+        wait_until(Duration::from_secs(5), || std::fs::read(&a).ok().as_deref()
+            == Some(b"first")),
+        "new PNG did not show up"
+    );
+    // Replace it (new inode, new size) while the old content is in the page cache.
+    let staged = m._tmp.path().join("staged.rts.png");
+    encode_into(b"second, longer", &staged, &[]);
+    std::fs::rename(&staged, m.src.join("a.rts.png")).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || std::fs::read(&a).ok().as_deref()
+            == Some(b"second, longer")),
+        "replaced PNG not seen: {:?}",
+        std::fs::read(&a)
+    );
+    std::fs::remove_file(m.src.join("a.rts.png")).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || !a.exists()),
+        "removed PNG still shown"
+    );
+}
+
+#[test]
+fn unreadable_pngs_are_left_out_but_listing_works() {
+    let m = Mounted::unmounted();
+    encode_into(b"good", &m.src.join("good.rts.png"), &[]);
+    std::fs::write(m.src.join("junk.rts.png"), b"not a png at all").unwrap();
+    let good = std::fs::read(m.src.join("good.rts.png")).unwrap();
+    std::fs::write(m.src.join("cut.rts.png"), &good[..20]).unwrap();
+    std::fs::write(m.src.join("notes.txt"), b"hidden").unwrap();
+    m.mount_ok(&[]);
+    assert_eq!(list_dir(&m.mp), ["encode", "good"]);
+    let mut c = Command::new("ls");
+    c.arg("-la").arg(&m.mp);
+    let out = run_limited(c, WAIT);
+    assert!(out.status.success(), "ls: {}", describe(&out));
+    assert!(!m.path("junk").exists());
+}
+
+#[test]
+fn mount_errors_are_clear() {
+    let m = Mounted::unmounted();
+    let name = |p: &Path| p.file_name().unwrap().to_string_lossy().into_owned();
+
+    let missing = m._tmp.path().join("missing-src");
+    let out = pixelrts(&["mount".as_ref(), missing.as_os_str(), m.mp.as_os_str()]);
+    assert_clean_failure(&out, "missing SOURCE", &name(&missing), &["no such file"]);
+
+    let file = m._tmp.path().join("a-file");
+    std::fs::write(&file, b"x").unwrap();
+    let out = pixelrts(&["mount".as_ref(), file.as_os_str(), m.mp.as_os_str()]);
+    assert_clean_failure(&out, "SOURCE a file", "a-file", &["not a directory"]);
+
+    let out = pixelrts(&["mount".as_ref(), m.src.as_os_str(), missing.as_os_str()]);
+    assert_clean_failure(&out, "missing MOUNTPOINT", "missing-src", &["no such file"]);
+
+    let out = m.mount(&["bogus_option"]);
+    assert_clean_failure(&out, "unknown option", "bogus_option", &["unknown option"]);
+    let out = m.mount(&["threads=0"]);
+    assert_clean_failure(&out, "bad threads", "threads=0", &["between"]);
+
+    std::fs::create_dir(m.src.join("encode")).unwrap();
+    let out = m.mount(&[]);
+    assert_clean_failure(
+        &out,
+        "encode dir collision",
+        "encode",
+        &["encode directory"],
+    );
+    assert!(!is_mounted(&m.mp));
+    // The same SOURCE mounts read-only (no encode directory), or with another name.
+    m.mount_ok(&["encode_dir=incoming"]);
+    assert_eq!(list_dir(&m.mp), ["encode", "incoming"]);
+
+    let out = m.mount(&["ro"]);
+    assert_clean_failure(&out, "busy mount point", &name(&m.mp), &["busy"]);
+    m.unmount();
+}
+
+#[test]
+fn gpu_on_without_a_gpu_is_a_mount_error() {
+    let m = Mounted::unmounted();
+    let has_gpu = pixelrts::gpu::Gpu::open(pixelrts::gpu::GpuMode::On).is_ok();
+    let out = m.mount(&["gpu=on"]);
+    if has_gpu {
+        assert!(out.status.success(), "{}", describe(&out));
+        m.unmount();
+    } else {
+        assert_clean_failure(&out, "gpu=on", "gpu", &["gpu"]);
+        assert!(!is_mounted(&m.mp));
+    }
+    let out = m.mount(&["gpu=sometimes"]);
+    assert_clean_failure(&out, "gpu=bad", "gpu=sometimes", &["auto, on, off"]);
+}
+
+#[test]
+fn umount_and_sigterm_leave_no_process_behind() {
+    let m = Mounted::unmounted();
+    encode_into(b"x", &m.src.join("x.rts.png"), &[]);
+
+    m.mount_ok(&[]);
+    let pids = mount_pids(&m.mp);
+    assert_eq!(pids.len(), 1, "one mount process: {pids:?}");
+    m.unmount();
+    assert!(
+        wait_until(Duration::from_secs(10), || !alive(pids[0])),
+        "mount process {} still running after umount",
+        pids[0]
+    );
+
+    m.mount_ok(&[]);
+    let pids = mount_pids(&m.mp);
+    assert_eq!(pids.len(), 1);
+    // A busy mount (an open file) still goes away on SIGTERM.
+    let held = File::open(m.path("x")).unwrap();
+    // SAFETY: signalling the test's own mount process.
+    unsafe {
+        libc::kill(pids[0] as i32, libc::SIGTERM);
+    }
+    assert!(
+        wait_until(Duration::from_secs(15), || !alive(pids[0])),
+        "mount process still running after SIGTERM"
+    );
+    assert!(!is_mounted(&m.mp), "still mounted after SIGTERM");
+    drop(held);
+}
+
+#[test]
+fn foreground_mode_notifies_systemd_and_exits_0_on_sigint() {
+    use std::os::unix::net::UnixDatagram;
+    let m = Mounted::unmounted();
+    let sock_path = m._tmp.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(WAIT)).unwrap();
+    let child = Command::new(bin())
+        .args(["mount", "-f"])
+        .arg(&m.src)
+        .arg(&m.mp)
+        .env("NOTIFY_SOCKET", &sock_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let n = sock
+        .recv(&mut buf)
+        .expect("no READY=1 from the mount process");
+    assert_eq!(&buf[..n], b"READY=1");
+    assert!(is_mounted(&m.mp), "READY=1 before the mount existed");
+    // SAFETY: signalling our own child.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let out = wait_output(child, WAIT, "pixelrts mount -f");
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert!(!is_mounted(&m.mp));
+}
+
+#[test]
+fn mount_fuse3_and_mount_helper_conventions() {
+    let m = Mounted::unmounted();
+    encode_into(b"helper", &m.src.join("h.rts.png"), &[]);
+    // mount.fuse3 runs `pixelrts SOURCE MOUNTPOINT -o OPTIONS` through /bin/sh from PATH
+    // (mount(8) itself runs helpers with a fixed PATH; this is the step after it).
+    let bindir = m._tmp.path().join("bin");
+    std::fs::create_dir(&bindir).unwrap();
+    std::os::unix::fs::symlink(bin(), bindir.join("pixelrts")).unwrap();
+    if let Ok(fuse3) = which("mount.fuse3") {
+        let mut c = Command::new(fuse3);
+        c.arg(&m.src)
+            .arg(&m.mp)
+            .args(["-o", "ro,noatime,nofail,_netdev", "-t", "fuse.pixelrts"])
+            .env("PATH", format!("{}:/usr/bin:/bin", bindir.display()));
+        let out = run_limited(c, WAIT);
+        assert!(out.status.success(), "mount.fuse3: {}", describe(&out));
+        assert!(is_mounted(&m.mp));
+        assert_eq!(std::fs::read(m.path("h")).unwrap(), b"helper");
+        m.unmount();
+    }
+    // A /sbin/mount.fuse.pixelrts symlink: mount(8) runs it as `SOURCE MP [-n] -o OPTS`.
+    let helper = bindir.join("mount.fuse.pixelrts");
+    std::os::unix::fs::symlink(bin(), &helper).unwrap();
+    let mut c = Command::new(&helper);
+    c.arg(&m.src)
+        .arg(&m.mp)
+        .args(["-n", "-o", "rw,nodev,nosuid,x-systemd.automount"]);
+    let out = run_limited(c, WAIT);
+    assert!(
+        out.status.success(),
+        "mount.fuse.pixelrts: {}",
+        describe(&out)
+    );
+    assert!(is_mounted(&m.mp));
+    assert_eq!(list_dir(&m.mp), ["encode", "h"]);
+    m.unmount();
+    // mount -f (fake) mounts nothing.
+    let mut c = Command::new(&helper);
+    c.arg(&m.src).arg(&m.mp).args(["-f", "-o", "ro"]);
+    let out = run_limited(c, WAIT);
+    assert!(out.status.success(), "fake mount: {}", describe(&out));
+    assert!(!is_mounted(&m.mp));
+    // Bad calls in this convention are clear too.
+    let out = pixelrts(&[
+        m.src.as_os_str(),
+        m.mp.as_os_str(),
+        "-o".as_ref(),
+        "nonsense".as_ref(),
+    ]);
+    assert_clean_failure(&out, "helper, bad option", "nonsense", &["unknown option"]);
+}
+
+fn which(name: &str) -> Result<PathBuf, ()> {
+    for dir in ["/usr/sbin", "/sbin", "/usr/bin", "/bin"] {
+        let p = Path::new(dir).join(name);
+        if p.exists() {
+            return Ok(p);
+        }
+    }
+    Err(())
+}
