@@ -652,3 +652,43 @@ fn sequential_reads_read_ahead_the_aligned_block_and_random_reads_do_not() {
     assert_eq!(buf[..100], case.data[40 * tb + 7..40 * tb + 107]);
     assert_eq!(cache.stats().entries, 17);
 }
+
+#[test]
+fn threads_missing_the_same_tile_decode_it_once() {
+    let f = fixtures();
+    let case = f
+        .cases
+        .iter()
+        .find(|c| c.name == "ours_t16_300000.rts.png")
+        .unwrap();
+    for round in 0..20u64 {
+        let cache = Arc::new(TileCache::default());
+        let r = Reader::open(
+            &case.path,
+            &ReaderOptions {
+                cache: cache.clone(),
+                checkpoint_dir: None,
+            },
+        )
+        .unwrap();
+        let tb = r.tile_bytes();
+        let barrier = std::sync::Barrier::new(8);
+        std::thread::scope(|s| {
+            for t in 0..8u64 {
+                let (r, barrier, data) = (&r, &barrier, &case.data);
+                s.spawn(move || {
+                    let at = (round * 7 % 200) * tb + t * 3;
+                    let mut buf = vec![0u8; 50];
+                    barrier.wait();
+                    r.read_exact_at(at, &mut buf).unwrap();
+                    assert_eq!(buf[..], data[at as usize..at as usize + 50]);
+                });
+            }
+        });
+        assert_eq!(
+            cache.stats().bytes_inflated,
+            tb,
+            "round {round}: decoded more than once"
+        );
+    }
+}

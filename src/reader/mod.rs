@@ -442,9 +442,53 @@ impl Reader {
             .iter()
             .map(|&j| self.cache.get(&self.tile_key(j)))
             .collect();
-        let missing: Vec<usize> = (0..js.len()).filter(|&i| out[i].is_none()).collect();
+        // Claim the missing tiles; those another thread is decoding now are waited for below.
+        let mut missing = Vec::new();
+        let mut claims = Vec::new();
+        let mut in_flight = Vec::new();
+        for i in 0..js.len() {
+            if out[i].is_some() {
+                continue;
+            }
+            let key = self.tile_key(js[i]);
+            match self.cache.claim(key) {
+                // Decoded and inserted between the lookup and the claim.
+                Some(_) if self.cache.peek(&key).is_some() => out[i] = self.cache.peek(&key),
+                Some(claim) => {
+                    missing.push(i);
+                    claims.push(claim);
+                }
+                None => in_flight.push(i),
+            }
+        }
+        self.decode_missing(js, &missing, &mut out)?;
+        // Wake the waiters only once everything this call decoded is cached.
+        drop(claims);
+        for i in in_flight {
+            let key = self.tile_key(js[i]);
+            self.cache.wait_for(&key);
+            out[i] = match self.cache.peek(&key) {
+                Some(tile) => Some(tile),
+                // The other decode failed (or the tile was evicted already): decode it here,
+                // so that its error, if any, is this read's error too.
+                None => self.tiles(&js[i..=i])?.pop(),
+            };
+        }
+        Ok(out
+            .into_iter()
+            .map(|t| t.expect("every tile decoded"))
+            .collect())
+    }
+
+    /// Decodes the tiles `js[i]` for `i` in `missing` into `out[i]` (and the cache).
+    fn decode_missing(
+        &self,
+        js: &[u64],
+        missing: &[usize],
+        out: &mut [Option<Arc<[u8]>>],
+    ) -> Result<()> {
         if missing.is_empty() {
-            return Ok(out.into_iter().map(Option::unwrap).collect());
+            return Ok(());
         }
         match &self.backend {
             Backend::Seekable {
@@ -452,7 +496,7 @@ impl Reader {
                 tile_bytes,
                 pool,
             } => {
-                let runs = adjacent_runs(&image.tables, js, &missing);
+                let runs = adjacent_runs(&image.tables, js, missing);
                 let decode = |run: &Vec<usize>| -> Result<Vec<IndexedTile>> {
                     let tiles = self.decode_seekable_run(image, pool, *tile_bytes, js, run)?;
                     Ok(run.iter().copied().zip(tiles).collect())
@@ -471,7 +515,7 @@ impl Reader {
             Backend::Plain(p) => {
                 let index = self.checkpoint_index(p)?;
                 let mut bands: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
-                for &i in &missing {
+                for &i in missing {
                     bands
                         .entry(p.tables.place_of(js[i]).row)
                         .or_default()
@@ -505,7 +549,7 @@ impl Reader {
             }
             _ => unreachable!("only tiled backends read tiles"),
         }
-        Ok(out.into_iter().map(Option::unwrap).collect())
+        Ok(())
     }
 
     /// Decodes the tiles `js[i]` for `i` in `run` (one stripe, adjacent columns, left to
