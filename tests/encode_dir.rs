@@ -563,6 +563,16 @@ fn bad_paths_and_xattr_names() {
             .errno(),
         libc::ENODATA
     );
+    let mut buf = [7u8; 8];
+    assert_eq!(d.read(h, 100, &mut buf).unwrap(), 0);
+    assert_eq!(
+        d.read(h, u64::MAX - 2, &mut buf).unwrap_err().errno(),
+        libc::EINVAL
+    );
+    assert_eq!(
+        d.write(h, u64::MAX - 2, b"abcd").unwrap_err().errno(),
+        libc::EFBIG
+    );
     let ro = handle(d.open(p("x"), false, false).unwrap());
     assert_eq!(d.write(ro, 0, b"no").unwrap_err().errno(), libc::EBADF);
     d.release(ro).unwrap();

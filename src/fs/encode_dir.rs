@@ -638,6 +638,14 @@ impl EncodeDir {
 
     pub fn read(&self, h: u64, offset: u64, buf: &mut [u8]) -> Result<usize> {
         let handle = self.handle(h)?;
+        // Offsets past i64::MAX are refused by the kernel too; checking here keeps the
+        // arithmetic below from overflowing.
+        if offset
+            .checked_add(buf.len() as u64)
+            .is_none_or(|end| end > i64::MAX as u64)
+        {
+            return Err(errno(&lock(&handle.node.state).rel, libc::EINVAL));
+        }
         let mut done = 0;
         // FUSE wants a full buffer unless at end of file.
         while done < buf.len() {
@@ -655,6 +663,12 @@ impl EncodeDir {
         let handle = self.handle(h)?;
         if !handle.write {
             return Err(errno(Path::new("<encode-dir handle>"), libc::EBADF));
+        }
+        if offset
+            .checked_add(data.len() as u64)
+            .is_none_or(|end| end > i64::MAX as u64)
+        {
+            return Err(errno(&lock(&handle.node.state).rel, libc::EFBIG));
         }
         let _io = lock(&handle.node.io);
         let written = handle.file.write_all_at(data, offset);
