@@ -604,31 +604,44 @@ impl EncodeDir {
         let rel = self.clean_rel(rel)?;
         let node = self.lookup_file(&rel)?;
         let _io = lock(&node.io);
-        let has_spool = {
-            let st = lock(&node.state);
-            if st.detached {
-                return Err(errno(&rel, libc::ENOENT));
-            }
-            if !st.spool && !write {
+        // The spool file is opened under the same state lock that saw it: a release of the
+        // last other handle could otherwise delete it in between.
+        let mut st = lock(&node.state);
+        if st.detached {
+            return Err(errno(&rel, libc::ENOENT));
+        }
+        if !st.spool {
+            if !write {
                 return match &st.png {
                     Some(png) => Ok(Opened::Committed(png.clone())),
                     None => Err(errno(&rel, libc::EIO)),
                 };
             }
-            st.spool
-        };
-        if !has_spool {
+            drop(st);
+            // No spool file means no handle either, so nothing but the io lock holder (us)
+            // can remove the new spool file before it is opened below.
             self.spool_up(&node, truncate)?;
+            st = lock(&node.state);
         }
-        let mut st = lock(&node.state);
         let path = self.data.join(&st.rel);
-        let file = OpenOptions::new()
+        let opened = OpenOptions::new()
             .read(true)
             .write(write)
             .open(&path)
-            .at(&path)?;
+            .and_then(|f| {
+                if write && truncate {
+                    f.set_len(0)?;
+                }
+                Ok(f)
+            });
+        let file = match opened {
+            Ok(f) => f,
+            Err(e) => {
+                self.drop_unused_spool(&mut st);
+                return Err(Error::io(&path, e));
+            }
+        };
         if write && truncate {
-            file.set_len(0).at(&path)?;
             st.dirty = true;
         }
         st.handles += 1;
@@ -706,10 +719,16 @@ impl EncodeDir {
             .ok_or_else(|| errno(Path::new("<encode-dir handle>"), libc::EBADF))?;
         let mut st = lock(&handle.node.state);
         st.handles = st.handles.saturating_sub(1);
-        if st.handles == 0 && !st.dirty && st.spool && !st.detached {
-            self.drop_spool(&mut st);
-        }
+        self.drop_unused_spool(&mut st);
         Ok(())
+    }
+
+    /// A committed entry's spool copy goes once no handle uses it (also after a copy-up whose
+    /// open or truncate then failed, so no stale copy stays behind).
+    fn drop_unused_spool(&self, st: &mut FileState) {
+        if st.handles == 0 && !st.dirty && st.spool && !st.detached {
+            self.drop_spool(st);
+        }
     }
 
     pub fn setattr(
@@ -753,8 +772,14 @@ impl EncodeDir {
                 st = lock(&node.state);
             }
             let path = self.data.join(&st.rel);
-            let f = OpenOptions::new().write(true).open(&path).at(&path)?;
-            f.set_len(size).at(&path)?;
+            let truncated = OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .and_then(|f| f.set_len(size));
+            if let Err(e) = truncated {
+                self.drop_unused_spool(&mut st);
+                return Err(Error::io(&path, e));
+            }
             st.dirty = true;
         }
         let committed_png = if st.dirty { None } else { st.png.clone() };
