@@ -683,6 +683,44 @@ fn many_threads_write_different_files() {
     assert_eq!(d.list(p("")).unwrap().len(), 8);
 }
 
+#[test]
+fn long_encode_blocks_neither_other_files_nor_a_rename_of_its_folder() {
+    let s = Setup::new();
+    let d = Arc::new(s.open());
+    d.mkdir(p("big"), 0o755).unwrap();
+    let data = sample(6 << 20, 11);
+    let (h, _) = d.create(p("big/file"), 0o644).unwrap();
+    d.write(h, 0, &data).unwrap();
+    let encoder = {
+        let d = d.clone();
+        std::thread::spawn(move || {
+            d.flush(h).unwrap();
+            d.release(h).unwrap();
+        })
+    };
+    std::thread::sleep(Duration::from_millis(30));
+    // Other files, listings and the encoding file's attributes do not wait for the encode.
+    put(&d, "small", b"small");
+    assert_eq!(d.getattr(p("big/file")).unwrap().size, data.len() as u64);
+    assert_eq!(d.list(p("")).unwrap().len(), 2);
+    // Moving the folder during the encode: the PNG ends up under the new name (whichever
+    // finishes first).
+    d.rename(p("big"), p("moved"), false).unwrap();
+    if encoder.is_finished() {
+        eprintln!("note: the encode finished before the other operations; timing not checked");
+    }
+    encoder.join().unwrap();
+    assert_eq!(s.decoded("small"), b"small");
+    assert_eq!(s.decoded("moved/file"), data);
+    assert!(!s.source.join("big").exists());
+    assert_eq!(
+        d.getattr(p("moved/file")).unwrap().state,
+        EntryState::Committed {
+            png: s.png("moved/file")
+        }
+    );
+}
+
 /// A mount made for a test, lazily unmounted however the test ends.
 struct MountGuard(PathBuf);
 

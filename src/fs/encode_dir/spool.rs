@@ -256,7 +256,11 @@ impl EncodeDir {
                 .map_or(Ok(Vec::new()), |p| create_dirs(&self.source, p))
                 .and_then(|_| fs::rename(&png, &moved).at(&moved));
             match r {
-                Ok(()) => png = moved,
+                Ok(()) => {
+                    png = moved;
+                    // Folders made for the old name and now empty would show in the view.
+                    remove_dirs(&created);
+                }
                 Err(e) => tracing::warn!("{}: left at {}: {e}", rel.display(), png.display()),
             }
         }
