@@ -105,6 +105,12 @@ fn names(dir: &Path) -> Vec<String> {
 }
 
 #[test]
+fn encode_dir_is_shared_between_threads() {
+    fn shared<T: Send + Sync>() {}
+    shared::<EncodeDir>();
+}
+
+#[test]
 fn writes_at_offsets_truncate_append_then_flush_encodes() {
     let s = Setup::new();
     let d = s.open();
@@ -425,6 +431,7 @@ fn rename_cases() {
     assert_eq!(s.decoded("d/deeper/z"), b"zz");
     assert!(!s.png("e/in").exists());
     assert!(!s.png("e/deeper/z").exists());
+    assert!(!s.source.join("e").exists());
     assert_eq!(
         d.getattr(p("d/spooled")).unwrap().state,
         EntryState::Spooled

@@ -65,12 +65,20 @@
 //!   PNG is renamed to `SOURCE/<to>.rts.png`; no `.x.AbCdEf.rts.png` is left behind.
 //! - Spooled again after a commit (rewritten): both the spool file and the old PNG move, so the
 //!   old name leaves no stale PNG behind.
-//! - A directory moves its spool folders and every committed descendant's PNG; it may replace
-//!   only an empty directory (else ENOTEMPTY), and never into itself (EINVAL). A file over a
-//!   directory is EISDIR, a directory over a file ENOTDIR.
+//! - A directory moves its spool folders and every committed descendant's PNG (SOURCE folders
+//!   left empty by that are removed); it may replace only an empty directory (else ENOTEMPTY),
+//!   and never into itself (EINVAL). A file over a directory is EISDIR, a directory over a
+//!   file ENOTDIR. Several PNGs are not moved atomically: one that cannot be moved is logged
+//!   and its entry keeps pointing at where it is.
 //!
 //! Renaming a file that is being encoded waits for that encode; a directory rename does not,
 //! and a commit that finishes after its file was moved renames its fresh PNG to the new name.
+//!
+//! # Limits
+//! The spool file carries the entry's mode, so a mount running without CAP_DAC_OVERRIDE cannot
+//! reopen a spool file whose owner bits were cleared (`chmod 0` before close); as root it can.
+//! Two commits racing to create the same new SOURCE folder while one of them fails may make the
+//! other fail too (ENOENT); its bytes stay Spooled like any failed commit.
 //!
 //! # Locking
 //! One lock on the namespace (held only for lookups and metadata-sized work), one state lock

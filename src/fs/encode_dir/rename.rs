@@ -1,5 +1,6 @@
 //! Rename of files and directories in the encode directory (cases in the module doc).
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, MutexGuard};
@@ -189,6 +190,9 @@ impl EncodeDir {
             .take_while(|(k, _)| k.starts_with(from))
             .map(|(k, _)| k.clone())
             .collect();
+        // SOURCE folders that PNGs were moved out of: emptied ones would linger in the view.
+        let source_from = self.source.join(from);
+        let mut emptied = BTreeSet::new();
         for old in descendants {
             let Ok(suffix) = old.strip_prefix(from) else {
                 continue;
@@ -207,13 +211,25 @@ impl EncodeDir {
                         .map_or(Ok(Vec::new()), |p| create_dirs(&self.source, p))
                         .and_then(|_| fs::rename(&png, &target).at(&target));
                     match moved {
-                        Ok(()) => st.png = Some(target),
+                        Ok(()) => {
+                            let mut dir = png.parent().map(Path::to_path_buf);
+                            while let Some(d) = dir.filter(|d| d.starts_with(&source_from)) {
+                                dir = d.parent().map(Path::to_path_buf);
+                                emptied.insert(d);
+                            }
+                            st.png = Some(target);
+                        }
                         // The entry keeps pointing at where its PNG really is.
                         Err(e) => tracing::warn!("{}: PNG not moved: {e}", png.display()),
                     }
                 }
             }
             tree.nodes.insert(new, node);
+        }
+        // Deepest first (component order puts a folder before its contents); only empty
+        // folders go, so anything else the user keeps there stays.
+        for d in emptied.iter().rev() {
+            let _ = fs::remove_dir(d);
         }
         Ok(())
     }
