@@ -11,6 +11,7 @@ pub mod doctor;
 pub mod encode;
 pub mod error;
 pub mod format;
+pub mod fs;
 pub mod gpu;
 mod io_util;
 pub mod reader;
