@@ -639,18 +639,18 @@ fn sequential_reads_read_ahead_the_aligned_block_and_random_reads_do_not() {
     // Not sequential (first read): only tile 0 is decoded.
     r.read_at(0, &mut buf).unwrap();
     assert_eq!(cache.stats().entries, 1);
-    // Starts where the last read ended: tile 1, then the rest of the 16-tile block ahead.
+    // Starts where the last read ended: tile 1, then the rest of the 64-tile block ahead.
     r.read_at(tb as u64, &mut buf).unwrap();
     assert_eq!(buf[..], case.data[tb..2 * tb]);
-    assert_eq!(cache.stats().entries, 16);
+    assert_eq!(cache.stats().entries, 64);
     // The block's tiles were decoded right: read them all back (cache hits).
-    let mut all = vec![0u8; 16 * tb];
+    let mut all = vec![0u8; 64 * tb];
     r.read_at(0, &mut all).unwrap();
-    assert_eq!(all[..], case.data[..16 * tb]);
+    assert_eq!(all[..], case.data[..64 * tb]);
     // A jump elsewhere reads only what it needs.
-    r.read_at((40 * tb + 7) as u64, &mut buf[..100]).unwrap();
-    assert_eq!(buf[..100], case.data[40 * tb + 7..40 * tb + 107]);
-    assert_eq!(cache.stats().entries, 17);
+    r.read_at((140 * tb + 7) as u64, &mut buf[..100]).unwrap();
+    assert_eq!(buf[..100], case.data[140 * tb + 7..140 * tb + 107]);
+    assert_eq!(cache.stats().entries, 65);
 }
 
 #[test]

@@ -51,11 +51,13 @@ const MAX_BAND_BYTES: u64 = 16 << 20;
 const BATCH_TILES: usize = 64;
 /// Sequential readahead of seekable files, in tiles: a read that starts where the previous
 /// one ended also decodes the rest of the aligned block of this many tiles. Hilbert order
-/// visits aligned 4x4 blocks of tiles one after another, so the block is 4 runs of 4
-/// adjacent tiles, and a run reads its 4 pieces of each scanline with one `pread` instead of 4
-/// (a tile's 256 pieces lie a scanline apart: per-piece reads were what made sequential
-/// reading slow). 16 tiles are 4 MiB at the default geometry.
-const READAHEAD_TILES: u64 = 16;
+/// visits aligned 8x8 blocks of tiles one after another, so the block is 8 runs of 8 adjacent
+/// tiles, and a run reads its 8 pieces of each scanline with one `pread` instead of 8 (a
+/// tile's 256 pieces lie a scanline apart: per-piece reads were what made sequential reading
+/// slow). 64 tiles are 16 MiB at the default geometry. Measured on 1 GiB of random data, one
+/// thread: 1.40 s without readahead, 0.87 s with 16-tile blocks, 0.72 s with 64 (`decode`:
+/// 0.68 s).
+const READAHEAD_TILES: u64 = 64;
 /// Longest run of adjacent tiles decoded with one read per scanline.
 const MAX_RUN_TILES: usize = 8;
 
