@@ -3,6 +3,7 @@
 # `pixelrts::reader::bench::run`), on three files:
 #   random.rts.png  1 GiB of random bytes, encoded by us (seekable; stored pieces)
 #   zeros.rts.png   1 GiB of zeros, encoded by us (seekable; deflated pieces)
+#   text.rts.png    256 MiB of English-like text (scripts/gen-text.py), encoded by us
 #   pillow.png      a reference-style plain PNG written by Python Pillow: a 4096x4096 random
 #                   RGBA image with PixelRTS metadata (read through a checkpoint index)
 # For each: cold and warm latency (p50/p99) of 1000 random 4 KiB and 128 KiB reads, bytes
@@ -33,6 +34,7 @@ else
     size=$((1 << 30))
     side=4096
 fi
+text_size=$((size / 4))
 if [ $# -ge 1 ]; then
     work=$1
     mkdir -p "$work"
@@ -45,7 +47,8 @@ echo "bench-random: inputs of $size bytes, Pillow image ${side}x${side}, in $wor
 head -c "$size" /dev/urandom >"$work/random.bin"
 truncate -s 0 "$work/zeros.bin"
 truncate -s "$size" "$work/zeros.bin"
-for name in random zeros; do
+python3 scripts/gen-text.py "$text_size" >"$work/text.bin"
+for name in random zeros text; do
     "$bin" encode "$work/$name.bin" "$work/$name.rts.png" --no-sidecar --force 2>/dev/null
     rm -f "$work/$name.bin"
 done
@@ -68,7 +71,7 @@ PY
 
 json_flag=()
 [ "${JSON:-0}" = 1 ] && json_flag=(--json)
-for f in random.rts.png zeros.rts.png pillow.png; do
+for f in random.rts.png zeros.rts.png text.rts.png pillow.png; do
     sync
     if [ "$(id -u)" = 0 ]; then
         echo 1 >/proc/sys/vm/drop_caches 2>/dev/null || true

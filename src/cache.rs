@@ -5,13 +5,15 @@
 //! tile's payload bytes (Hilbert order), shared as `Arc<[u8]>`. The cache holds at most
 //! `budget` bytes of tile data: inserting evicts least recently used tiles until it fits.
 //!
-//! Two threads missing the same tile at once may both decode it; the second insert replaces
-//! the first (same bytes), which costs time but never correctness.
+//! A tile being decoded is *claimed* ([`TileCache::claim`]): another thread that misses the same
+//! tile meanwhile waits for it ([`TileCache::wait_for`]) instead of decoding it again (under a
+//! mount, the kernel's concurrent read-ahead requests often fall in one tile).
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use lru::LruCache;
 use serde::Serialize;
@@ -72,11 +74,46 @@ pub struct CacheStats {
 struct Inner {
     lru: LruCache<TileKey, Arc<[u8]>>,
     bytes: u64,
+    /// Evicted tiles nobody else holds, kept for reuse by [`TileCache::buffer`]: a fresh
+    /// allocation costs a page fault per 4 KiB on first write, a fifth of the time of a
+    /// sequential read through the reader (measured, 1 GiB file, one thread).
+    spare: Vec<Arc<[u8]>>,
+    spare_bytes: u64,
 }
+
+/// A decode in progress (see [`TileCache::claim`]).
+#[derive(Default)]
+struct Flight {
+    done: Mutex<bool>,
+    cv: Condvar,
+}
+
+/// The right to decode one tile; dropping it wakes the threads waiting for that tile.
+pub struct Claim<'a> {
+    cache: &'a TileCache,
+    key: TileKey,
+    flight: Arc<Flight>,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        self.cache
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.key);
+        *self.flight.done.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        self.flight.cv.notify_all();
+    }
+}
+
+/// Bytes of evicted tiles kept for reuse, beyond the budget.
+const MAX_SPARE_BYTES: u64 = 8 << 20;
 
 /// The shared tile cache (see the module documentation).
 pub struct TileCache {
     inner: Mutex<Inner>,
+    in_flight: Mutex<HashMap<TileKey, Arc<Flight>>>,
     budget: u64,
     hits: AtomicU64,
     misses: AtomicU64,
@@ -105,7 +142,10 @@ impl TileCache {
             inner: Mutex::new(Inner {
                 lru: LruCache::unbounded(),
                 bytes: 0,
+                spare: Vec::new(),
+                spare_bytes: 0,
             }),
+            in_flight: Mutex::new(HashMap::new()),
             budget,
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
@@ -157,8 +197,66 @@ impl TileCache {
         inner.bytes += size;
         while inner.bytes > self.budget {
             match inner.lru.pop_lru() {
-                Some((_, v)) => inner.bytes -= v.len() as u64,
+                Some((_, v)) => {
+                    inner.bytes -= v.len() as u64;
+                    let len = v.len() as u64;
+                    if Arc::strong_count(&v) == 1 && inner.spare_bytes + len <= MAX_SPARE_BYTES {
+                        inner.spare_bytes += len;
+                        inner.spare.push(v);
+                    }
+                }
                 None => break,
+            }
+        }
+    }
+
+    /// A buffer of `len` bytes to decode a tile into before [`insert`](Self::insert)ing it:
+    /// an evicted tile's memory when one of that size is spare (its old contents remain:
+    /// the caller overwrites every byte), otherwise a new zeroed one.
+    pub fn buffer(&self, len: usize) -> Arc<[u8]> {
+        {
+            let mut inner = self.lock();
+            if let Some(i) = inner.spare.iter().rposition(|b| b.len() == len) {
+                let b = inner.spare.swap_remove(i);
+                inner.spare_bytes -= len as u64;
+                // Only evicted tiles nobody held go in `spare`, and `get` cannot reach them:
+                // still unique.
+                debug_assert_eq!(Arc::strong_count(&b), 1);
+                return b;
+            }
+        }
+        std::iter::repeat_n(0u8, len).collect()
+    }
+
+    /// Claims `key` for decoding: `None` when another thread is decoding it now (then
+    /// [`wait_for`](Self::wait_for) it). The claim ends when the returned guard is dropped,
+    /// whether or not the tile was inserted.
+    pub fn claim(&self, key: TileKey) -> Option<Claim<'_>> {
+        let mut map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        if map.contains_key(&key) {
+            return None;
+        }
+        let flight = Arc::new(Flight::default());
+        map.insert(key, flight.clone());
+        Some(Claim {
+            cache: self,
+            key,
+            flight,
+        })
+    }
+
+    /// Waits until nobody is decoding `key` (returns at once when nobody is).
+    pub fn wait_for(&self, key: &TileKey) {
+        let flight = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .cloned();
+        if let Some(f) = flight {
+            let mut done = f.done.lock().unwrap_or_else(|p| p.into_inner());
+            while !*done {
+                done = f.cv.wait(done).unwrap_or_else(|p| p.into_inner());
             }
         }
     }
@@ -168,6 +266,8 @@ impl TileCache {
         let mut inner = self.lock();
         inner.lru.clear();
         inner.bytes = 0;
+        inner.spare.clear();
+        inner.spare_bytes = 0;
     }
 
     pub(crate) fn add_inflated(&self, n: u64) {

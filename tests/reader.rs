@@ -616,3 +616,79 @@ fn cli_cat_writes_ranges_and_names_bad_files() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/y.rts.png"));
 }
+
+#[test]
+fn sequential_reads_read_ahead_the_aligned_block_and_random_reads_do_not() {
+    let f = fixtures();
+    let case = f
+        .cases
+        .iter()
+        .find(|c| c.name == "ours_t16_300000.rts.png")
+        .unwrap();
+    let cache = Arc::new(TileCache::default());
+    let r = Reader::open(
+        &case.path,
+        &ReaderOptions {
+            cache: cache.clone(),
+            checkpoint_dir: None,
+        },
+    )
+    .unwrap();
+    let tb = r.tile_bytes() as usize;
+    let mut buf = vec![0u8; tb];
+    // Not sequential (first read): only tile 0 is decoded.
+    r.read_at(0, &mut buf).unwrap();
+    assert_eq!(cache.stats().entries, 1);
+    // Starts where the last read ended: tile 1, then the rest of the 64-tile block ahead.
+    r.read_at(tb as u64, &mut buf).unwrap();
+    assert_eq!(buf[..], case.data[tb..2 * tb]);
+    assert_eq!(cache.stats().entries, 64);
+    // The block's tiles were decoded right: read them all back (cache hits).
+    let mut all = vec![0u8; 64 * tb];
+    r.read_at(0, &mut all).unwrap();
+    assert_eq!(all[..], case.data[..64 * tb]);
+    // A jump elsewhere reads only what it needs.
+    r.read_at((140 * tb + 7) as u64, &mut buf[..100]).unwrap();
+    assert_eq!(buf[..100], case.data[140 * tb + 7..140 * tb + 107]);
+    assert_eq!(cache.stats().entries, 65);
+}
+
+#[test]
+fn threads_missing_the_same_tile_decode_it_once() {
+    let f = fixtures();
+    let case = f
+        .cases
+        .iter()
+        .find(|c| c.name == "ours_t16_300000.rts.png")
+        .unwrap();
+    for round in 0..20u64 {
+        let cache = Arc::new(TileCache::default());
+        let r = Reader::open(
+            &case.path,
+            &ReaderOptions {
+                cache: cache.clone(),
+                checkpoint_dir: None,
+            },
+        )
+        .unwrap();
+        let tb = r.tile_bytes();
+        let barrier = std::sync::Barrier::new(8);
+        std::thread::scope(|s| {
+            for t in 0..8u64 {
+                let (r, barrier, data) = (&r, &barrier, &case.data);
+                s.spawn(move || {
+                    let at = (round * 7 % 200) * tb + t * 3;
+                    let mut buf = vec![0u8; 50];
+                    barrier.wait();
+                    r.read_exact_at(at, &mut buf).unwrap();
+                    assert_eq!(buf[..], data[at as usize..at as usize + 50]);
+                });
+            }
+        });
+        assert_eq!(
+            cache.stats().bytes_inflated,
+            tb,
+            "round {round}: decoded more than once"
+        );
+    }
+}

@@ -549,8 +549,16 @@ fn cmd_bench_random(a: BenchRandomArgs) -> anyhow::Result<i32> {
     );
     for l in &report.latency {
         println!(
-            "  {:>7} B x{}: cold p50 {:.0} us p99 {:.0} us | warm p50 {:.1} us p99 {:.1} us | inflated/served {:.2}",
-            l.size, l.reads, l.cold_p50_us, l.cold_p99_us, l.warm_p50_us, l.warm_p99_us, l.inflated_per_served
+            "  {:>7} B x{}: cold from disk p50 {:.0} us p99 {:.0} us | cold, file cached p50 {:.0} us p99 {:.0} us | warm p50 {:.1} us p99 {:.1} us | inflated/served {:.2}",
+            l.size,
+            l.reads,
+            l.cold_p50_us,
+            l.cold_p99_us,
+            l.cold_cached_p50_us,
+            l.cold_cached_p99_us,
+            l.warm_p50_us,
+            l.warm_p99_us,
+            l.inflated_per_served
         );
     }
     for s in &report.sequential {
@@ -597,6 +605,12 @@ fn random_read_records(
         r.metadata
             .extra
             .insert("cold_p99_us".into(), l.cold_p99_us.into());
+        r.metadata
+            .extra
+            .insert("cold_cached_p50_us".into(), l.cold_cached_p50_us.into());
+        r.metadata
+            .extra
+            .insert("cold_cached_p99_us".into(), l.cold_cached_p99_us.into());
         r.metadata
             .extra
             .insert("warm_p50_us".into(), l.warm_p50_us.into());

@@ -8,7 +8,6 @@
 //!   files first) and mounts [`fuse::PixelFs`] with `fuser`.
 //! - [`unmount`]: what `pixelrts umount` and the signal handler use.
 
-#[path = "encode_dir_shim.rs"]
 pub mod encode_dir;
 pub mod fuse;
 pub mod view;
@@ -529,11 +528,7 @@ pub fn mount(
     );
     let encode = match &checked.spool {
         Some(spool) => {
-            if opts.gpu == GpuMode::On {
-                // Fail now, with the reason, rather than at the first close().
-                crate::gpu::Gpu::open(GpuMode::On)
-                    .map_err(|e| MountError::Codec(crate::Error::Gpu(format!("gpu=on: {e}"))))?;
-            }
+            // gpu=on without a usable GPU fails here, with the reason.
             let dir = encode_dir::EncodeDir::new(
                 &checked.source,
                 spool,

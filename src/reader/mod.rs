@@ -33,6 +33,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rayon::prelude::*;
@@ -48,6 +49,17 @@ use checkpoint::{CheckpointError, CheckpointIndex};
 const MAX_BAND_BYTES: u64 = 16 << 20;
 /// Tiles fetched per batch of a large read (bounds the memory a huge read holds).
 const BATCH_TILES: usize = 64;
+/// Sequential readahead of seekable files, in tiles: a read that starts where the previous
+/// one ended also decodes the rest of the aligned block of this many tiles. Hilbert order
+/// visits aligned 8x8 blocks of tiles one after another, so the block is 8 runs of 8 adjacent
+/// tiles, and a run reads its 8 pieces of each scanline with one `pread` instead of 8 (a
+/// tile's 256 pieces lie a scanline apart: per-piece reads were what made sequential reading
+/// slow). 64 tiles are 16 MiB at the default geometry. Measured on 1 GiB of random data, one
+/// thread: 1.40 s without readahead, 0.87 s with 16-tile blocks, 0.72 s with 64 (`decode`:
+/// 0.68 s).
+const READAHEAD_TILES: u64 = 64;
+/// Longest run of adjacent tiles decoded with one read per scanline.
+const MAX_RUN_TILES: usize = 8;
 
 /// A tile and its position in a request.
 type IndexedTile = (usize, Arc<[u8]>);
@@ -97,6 +109,8 @@ pub struct Reader {
     key: FileKey,
     cache: Arc<TileCache>,
     backend: Backend,
+    /// Where the last read ended: a read starting there is sequential (readahead).
+    last_end: AtomicU64,
 }
 
 enum Backend {
@@ -237,6 +251,7 @@ impl Reader {
             key,
             cache: opts.cache.clone(),
             backend,
+            last_end: AtomicU64::new(u64::MAX),
         })
     }
 
@@ -386,6 +401,7 @@ impl Reader {
         let end = offset + buf.len() as u64;
         let first = offset / tile_bytes;
         let last = (end - 1) / tile_bytes;
+        let sequential = self.last_end.swap(end, Ordering::Relaxed) == offset;
         let js: Vec<u64> = (first..=last).collect();
         for batch in js.chunks(BATCH_TILES) {
             let tiles = self.tiles(batch)?;
@@ -397,7 +413,29 @@ impl Reader {
                     .copy_from_slice(&tile[(a - t0) as usize..(b - t0) as usize]);
             }
         }
+        if sequential {
+            self.read_ahead(tile_bytes, last);
+        }
         Ok(())
+    }
+
+    /// Decodes and caches the rest of the aligned block of [`READAHEAD_TILES`] tiles after
+    /// tile `last` of a seekable file. Best effort: a damaged tile fails the read that needs
+    /// it, not the one before it.
+    fn read_ahead(&self, tile_bytes: u64, last: u64) {
+        if !matches!(self.backend, Backend::Seekable { .. }) {
+            return;
+        }
+        let tiles = self.len.div_ceil(tile_bytes);
+        let block_end = ((last / READAHEAD_TILES + 1) * READAHEAD_TILES).min(tiles);
+        // One probe, not sixteen: the block's last tile is cached when the block was read ahead.
+        if block_end <= last + 1 || self.cache.peek(&self.tile_key(block_end - 1)).is_some() {
+            return;
+        }
+        let ahead: Vec<u64> = (last + 1..block_end).collect();
+        if let Err(e) = self.tiles(&ahead) {
+            tracing::debug!("read-ahead: {e}");
+        }
     }
 
     /// Tiles `js` (payload bytes), from the cache or decoded (in parallel when several miss).
@@ -406,9 +444,53 @@ impl Reader {
             .iter()
             .map(|&j| self.cache.get(&self.tile_key(j)))
             .collect();
-        let missing: Vec<usize> = (0..js.len()).filter(|&i| out[i].is_none()).collect();
+        // Claim the missing tiles; those another thread is decoding now are waited for below.
+        let mut missing = Vec::new();
+        let mut claims = Vec::new();
+        let mut in_flight = Vec::new();
+        for i in 0..js.len() {
+            if out[i].is_some() {
+                continue;
+            }
+            let key = self.tile_key(js[i]);
+            match self.cache.claim(key) {
+                // Decoded and inserted between the lookup and the claim.
+                Some(_) if self.cache.peek(&key).is_some() => out[i] = self.cache.peek(&key),
+                Some(claim) => {
+                    missing.push(i);
+                    claims.push(claim);
+                }
+                None => in_flight.push(i),
+            }
+        }
+        self.decode_missing(js, &missing, &mut out)?;
+        // Wake the waiters only once everything this call decoded is cached.
+        drop(claims);
+        for i in in_flight {
+            let key = self.tile_key(js[i]);
+            self.cache.wait_for(&key);
+            out[i] = match self.cache.peek(&key) {
+                Some(tile) => Some(tile),
+                // The other decode failed (or the tile was evicted already): decode it here,
+                // so that its error, if any, is this read's error too.
+                None => self.tiles(&js[i..=i])?.pop(),
+            };
+        }
+        Ok(out
+            .into_iter()
+            .map(|t| t.expect("every tile decoded"))
+            .collect())
+    }
+
+    /// Decodes the tiles `js[i]` for `i` in `missing` into `out[i]` (and the cache).
+    fn decode_missing(
+        &self,
+        js: &[u64],
+        missing: &[usize],
+        out: &mut [Option<Arc<[u8]>>],
+    ) -> Result<()> {
         if missing.is_empty() {
-            return Ok(out.into_iter().map(Option::unwrap).collect());
+            return Ok(());
         }
         match &self.backend {
             Backend::Seekable {
@@ -416,26 +498,26 @@ impl Reader {
                 tile_bytes,
                 pool,
             } => {
-                let decode = |&i: &usize| -> Result<(usize, Arc<[u8]>)> {
-                    let j = js[i];
-                    let tile = self.decode_seekable(image, pool, *tile_bytes, j)?;
-                    self.cache.insert(self.tile_key(j), tile.clone());
-                    Ok((i, tile))
+                let runs = adjacent_runs(&image.tables, js, missing);
+                let decode = |run: &Vec<usize>| -> Result<Vec<IndexedTile>> {
+                    let tiles = self.decode_seekable_run(image, pool, *tile_bytes, js, run)?;
+                    Ok(run.iter().copied().zip(tiles).collect())
                 };
-                let decoded: Vec<Result<(usize, Arc<[u8]>)>> = if missing.len() > 1 {
-                    missing.par_iter().map(decode).collect()
+                let decoded: Vec<Result<Vec<IndexedTile>>> = if runs.len() > 1 {
+                    runs.par_iter().map(decode).collect()
                 } else {
-                    missing.iter().map(decode).collect()
+                    runs.iter().map(decode).collect()
                 };
                 for r in decoded {
-                    let (i, tile) = r?;
-                    out[i] = Some(tile);
+                    for (i, tile) in r? {
+                        out[i] = Some(tile);
+                    }
                 }
             }
             Backend::Plain(p) => {
                 let index = self.checkpoint_index(p)?;
                 let mut bands: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
-                for &i in &missing {
+                for &i in missing {
                     bands
                         .entry(p.tables.place_of(js[i]).row)
                         .or_default()
@@ -469,27 +551,76 @@ impl Reader {
             }
             _ => unreachable!("only tiled backends read tiles"),
         }
-        Ok(out.into_iter().map(Option::unwrap).collect())
+        Ok(())
     }
 
-    fn decode_seekable(
+    /// Decodes the tiles `js[i]` for `i` in `run` (one stripe, adjacent columns, left to
+    /// right), caches them and returns them in `run` order.
+    fn decode_seekable_run(
         &self,
         image: &SeekableImage,
         pool: &Mutex<Vec<TileScratch>>,
         tile_bytes: u64,
-        j: u64,
-    ) -> Result<Arc<[u8]>> {
+        js: &[u64],
+        run: &[usize],
+    ) -> Result<Vec<Arc<[u8]>>> {
         let mut scratch = pool
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .pop()
             .unwrap_or_else(|| TileScratch::new(image));
-        let mut payload = vec![0u8; self.tile_len(tile_bytes, j)];
-        let result = image.decode_tile_payload(j, &mut scratch, &mut payload);
+        let tiles: Vec<u64> = run.iter().map(|&i| js[i]).collect();
+        // Allocated as the cache's `Arc<[u8]>` from the start: converting a Vec would copy
+        // every tile once more (measured: a fifth of sequential reading time).
+        let mut payloads: Vec<Arc<[u8]>> = tiles
+            .iter()
+            .map(|&j| self.cache.buffer(self.tile_len(tile_bytes, j)))
+            .collect();
+        let outputs: Option<Vec<&mut [u8]>> = payloads.iter_mut().map(Arc::get_mut).collect();
+        let result = if let Some(mut outputs) = outputs {
+            self.decode_run_into(image, &tiles, &mut outputs, &mut scratch)
+        } else {
+            // `TileCache::buffer` only hands out unique buffers.
+            Err(Error::io(
+                &self.path,
+                std::io::Error::other("tile buffer is shared"),
+            ))
+        };
         pool.lock().unwrap_or_else(|p| p.into_inner()).push(scratch);
         result?;
-        self.cache.add_inflated(tile_bytes);
-        Ok(payload.into())
+        self.cache.add_inflated(tile_bytes * tiles.len() as u64);
+        Ok(tiles
+            .iter()
+            .zip(payloads)
+            .map(|(&j, payload)| {
+                self.cache.insert(self.tile_key(j), payload.clone());
+                payload
+            })
+            .collect())
+    }
+
+    /// Decodes `tiles` (one stripe, adjacent columns) into `outputs`.
+    fn decode_run_into(
+        &self,
+        image: &SeekableImage,
+        tiles: &[u64],
+        outputs: &mut [&mut [u8]],
+        scratch: &mut TileScratch,
+    ) -> Result<()> {
+        if let [j] = tiles[..] {
+            image.decode_tile_payload(j, scratch, outputs[0])
+        } else {
+            let place = image.tables.place_of(tiles[0]);
+            let mut run_buf = Vec::new();
+            image.decode_run(
+                place.row,
+                place.column,
+                tiles,
+                outputs,
+                scratch,
+                &mut run_buf,
+            )
+        }
     }
 
     /// The checkpoint index of a plain PNG, loaded or built on first use.
@@ -553,9 +684,56 @@ impl Reader {
     }
 }
 
+/// Groups the tiles `js[i]`, `i` in `missing`, into runs of at most [`MAX_RUN_TILES`] tiles
+/// of one stripe at adjacent columns (left to right), which decode with one read per
+/// scanline.
+fn adjacent_runs(tables: &TileTables, js: &[u64], missing: &[usize]) -> Vec<Vec<usize>> {
+    let mut placed: Vec<(u64, u64, usize)> = missing
+        .iter()
+        .map(|&i| {
+            let p = tables.place_of(js[i]);
+            (p.row, p.column, i)
+        })
+        .collect();
+    placed.sort_unstable();
+    let mut runs: Vec<Vec<usize>> = Vec::new();
+    let mut previous: Option<(u64, u64)> = None;
+    for (row, column, i) in placed {
+        let extends = matches!(previous, Some((r, c)) if r == row && c + 1 == column)
+            && runs.last().is_some_and(|run| run.len() < MAX_RUN_TILES);
+        match runs.last_mut() {
+            Some(run) if extends => run.push(i),
+            _ => runs.push(vec![i]),
+        }
+        previous = Some((row, column));
+    }
+    runs
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn runs_follow_stripes_and_adjacent_columns() {
+        let tables = TileTables::new(64, 4); // 16x16 tiles
+        let js: Vec<u64> = (0..16).collect(); // an aligned 4x4 block of tiles
+        let missing: Vec<usize> = (0..16).collect();
+        let runs = adjacent_runs(&tables, &js, &missing);
+        assert_eq!(runs.len(), 4, "{runs:?}");
+        for run in &runs {
+            assert_eq!(run.len(), 4);
+            let places: Vec<_> = run.iter().map(|&i| tables.place_of(js[i])).collect();
+            for w in places.windows(2) {
+                assert_eq!(w[0].row, w[1].row);
+                assert_eq!(w[0].column + 1, w[1].column);
+            }
+        }
+        // A gap splits a run.
+        let missing = [0usize, 2];
+        let runs = adjacent_runs(&tables, &js, &missing);
+        assert_eq!(runs.iter().map(Vec::len).sum::<usize>(), 2);
+    }
 
     #[test]
     fn reader_is_send_and_sync() {

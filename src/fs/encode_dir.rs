@@ -1,0 +1,883 @@
+//! The encode directory (`MOUNTPOINT/encode/`): files written there are spooled to disk and
+//! encoded to `SOURCE/<rel>.rts.png` when closed. Path-based and free of FUSE, so the adapter in
+//! `fs::fuse` stays thin and everything here is testable with plain files.
+//!
+//! # Entries
+//! Every entry has a path `rel` relative to the encode directory (`..`, absolute paths and names
+//! starting with `.pixelrts` are refused with EINVAL; the view hides such names, and the default
+//! spool `SOURCE/.pixelrts-spool` must never receive a commit). A file entry is
+//! - **Spooled**: its bytes live in `SPOOL/data/<rel>` and have changed since the last commit (or
+//!   were never committed). The spool file's own mode and mtime are the entry's, and are what the
+//!   commit records (`file_mode`/`file_mtime`). User xattrs live in `SPOOL/meta/<rel>.json`.
+//! - **Committed**: its bytes live in `SOURCE/<rel>.rts.png`. While handles are still open the
+//!   spool file is kept (same bytes), so later writes through those handles need no copy-up; the
+//!   last release deletes it. Committed entries stay listed until unmount (rsync sets attributes
+//!   and renames after close); a new [`EncodeDir`] does not list them again.
+//!
+//! Directories exist only in memory (and as `SPOOL/data` folders holding spooled files); SOURCE
+//! folders are created when a file below them is committed, so an empty directory made in
+//! `encode/` leaves nothing in SOURCE and is not remembered across mounts.
+//!
+//! # Operations
+//! - `create`: a new empty spool file with the given mode, Spooled, opened read-write. It is
+//!   committed at the first flush even when nothing was written (`touch` makes an empty PNG).
+//! - `open`: a Spooled entry, or one whose spool file is still kept, gets a handle on the spool
+//!   file (`truncate` empties it and makes it Spooled). A read-only open of a Committed entry
+//!   answers [`Opened::Committed`] with the PNG to read through `reader::Reader`. A write open of
+//!   a Committed entry starts a new spool file: empty with `truncate`, else a copy-up (the PNG
+//!   is decoded, hash-verified, into `SPOOL/tmp`, fsynced, then renamed into `SPOOL/data`, so a
+//!   crash never leaves a partial copy that would later be encoded over the good PNG). A copy-up
+//!   alone does not make the entry Spooled: closing it unchanged encodes nothing.
+//! - `write`/`setattr(size)`: change the spool file and make the entry Spooled. A size change with
+//!   no handle open (`truncate -s`) is committed at once, because no close will follow.
+//! - `flush` of a handle opened for writing: when the entry is Spooled, encode it now and return
+//!   the encoder's error (errno kept: ENOSPC, EROFS, EIO…). Read-only handles never encode.
+//! - `release`: never encodes (it cannot report errors); a Spooled entry whose flush failed or
+//!   never came stays Spooled, and [`EncodeDir::commit_pending`] or the next flush encodes it.
+//! - `setattr(mode/mtime)`: applied to the spool file while one exists, and to the PNG itself
+//!   when the entry is Committed (the recorded `file_mode`/`file_mtime` stay as committed).
+//! - `unlink`: a Spooled entry's spool data and meta are deleted; a Committed entry is only
+//!   forgotten, its PNG stays. Open handles keep working on the now nameless spool inode, and
+//!   their flush encodes nothing.
+//! - xattrs: only `user.pixelrts.<key>` with a UTF-8 value; other names ENOTSUP; keys the format
+//!   or the encoder owns (`data_size`, `file_mode`, `metadata`…) EINVAL. Readable on every entry
+//!   (a Committed entry answers from its PNG's metadata, like the decoded view); set/remove on a
+//!   Committed entry: EROFS.
+//!
+//! # Commit
+//! `encode::encode_file(SPOOL/data/<rel>, SOURCE/<rel>.rts.png)` with the user keys as metadata,
+//! no sidecar, fsync, overwrite (an existing PNG of that name in SOURCE is replaced) and the
+//! spool file's mode/mtime recorded. The encoder writes a temporary file beside the target, and
+//! renames it into place after fsync, then fsyncs the folder; folders it needed are created
+//! first and fsynced into their parents. On failure the temporary file is gone, folders created
+//! for this commit are removed again, and the entry stays Spooled with its bytes. Only after a
+//! successful commit (and the last release) are the spool data and meta deleted.
+//!
+//! # Rename (POSIX replace semantics, `noreplace` → EEXIST)
+//! A file entry moves with everything it owns: its spool file and meta json are renamed in the
+//! spool, and its PNG (if it was ever committed in this mount) is renamed in SOURCE (folders
+//! created as needed), replacing whatever PNG had the target name. The replaced target entry is
+//! dropped like an unlink. So:
+//! - Spooled over nothing/Spooled: spool files move; the target's spool data and meta go.
+//! - Spooled over Committed: the target is forgotten but its PNG stays until the moved entry is
+//!   committed over it (`SOURCE/<to>.rts.png` keeps the old bytes meanwhile).
+//! - Committed over anything (the rsync pattern: `.x.AbCdEf` closed, then renamed to `x`): the
+//!   PNG is renamed to `SOURCE/<to>.rts.png`; no `.x.AbCdEf.rts.png` is left behind.
+//! - Spooled again after a commit (rewritten): both the spool file and the old PNG move, so the
+//!   old name leaves no stale PNG behind.
+//! - A directory moves its spool folders and every committed descendant's PNG (SOURCE folders
+//!   left empty by that are removed); it may replace only an empty directory (else ENOTEMPTY),
+//!   and never into itself (EINVAL). A file over a directory is EISDIR, a directory over a
+//!   file ENOTDIR. Several PNGs are not moved atomically: one that cannot be moved is logged
+//!   and its entry keeps pointing at where it is.
+//!
+//! Renaming a file that is being encoded waits for that encode; a directory rename does not,
+//! and a commit that finishes after its file was moved renames its fresh PNG to the new name.
+//!
+//! # Limits
+//! The spool file carries the entry's mode, so a mount running without CAP_DAC_OVERRIDE cannot
+//! reopen a spool file whose owner bits were cleared (`chmod 0` before close); as root it can.
+//! Two commits racing to create the same new SOURCE folder while one of them fails may make the
+//! other fail too (ENOENT); its bytes stay Spooled like any failed commit.
+//!
+//! # Locking
+//! One lock on the namespace (held only for lookups and metadata-sized work), one state lock
+//! per file, and one `io` lock per file held for a change of its bytes or its commit. Order:
+//! `io` → namespace → state; the handle table is a leaf lock. So a long encode only blocks
+//! writers, renames and unlinks of that same file; reads use `pread` on the handle's own file.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::OsString;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use serde_json::{Map, Value};
+
+use crate::encode;
+use crate::error::{Error, IoContext, Result};
+use crate::gpu::GpuMode;
+
+mod rename;
+mod spool;
+mod xattr;
+
+use spool::sync_dir;
+
+/// Names the view hides; refusing them here keeps every entry visible once committed.
+const RESERVED_PREFIX: &str = ".pixelrts";
+/// The suffix a committed entry gets in SOURCE.
+const PNG_SUFFIX: &str = ".rts.png";
+/// Linux NAME_MAX: a name must still fit once `.rts.png` or `.json` is appended.
+const NAME_MAX: usize = 255;
+
+/// How the encode directory encodes.
+#[derive(Clone, Debug)]
+pub struct EncodeDirOptions {
+    /// Encoder worker threads (None: the encoder's default).
+    pub threads: Option<usize>,
+    /// `gpu=on` fails at [`EncodeDir::new`] when no GPU is usable, as `pixelrts encode` does.
+    pub gpu: GpuMode,
+    /// Deflate level 0–9.
+    pub level: u32,
+}
+
+impl Default for EncodeDirOptions {
+    fn default() -> Self {
+        EncodeDirOptions {
+            threads: None,
+            gpu: GpuMode::default(),
+            level: encode::DEFAULT_LEVEL,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntryKind {
+    File,
+    Dir,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum EntryState {
+    Dir,
+    /// Bytes in the spool, not (or not any more) committed.
+    Spooled,
+    /// Bytes in this PNG.
+    Committed {
+        png: PathBuf,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub struct EntryAttr {
+    pub kind: EntryKind,
+    /// Bytes of the file (0 for directories).
+    pub size: u64,
+    /// Permission bits (`& 0o7777`).
+    pub mode: u32,
+    pub mtime: SystemTime,
+    pub state: EntryState,
+}
+
+/// What an [`EncodeDir::open`] gave.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Opened {
+    /// A handle for [`EncodeDir::read`]/[`EncodeDir::write`]/…/[`EncodeDir::release`].
+    Handle(u64),
+    /// Read-only open of a committed entry: read this PNG (through `reader::Reader`).
+    Committed(PathBuf),
+}
+
+/// The encode directory over one SOURCE and one spool. `Send + Sync`; every method takes `&self`.
+pub struct EncodeDir {
+    source: PathBuf,
+    data: PathBuf,
+    meta: PathBuf,
+    tmp: PathBuf,
+    /// The spool's path inside SOURCE when it lies there (`.pixelrts-spool` by default).
+    spool_in_source: Option<PathBuf>,
+    opts: EncodeDirOptions,
+    tree: Mutex<Tree>,
+    handles: Mutex<HashMap<u64, Arc<Handle>>>,
+    next_handle: AtomicU64,
+    next_tmp: AtomicU64,
+}
+
+/// Every entry by its rel path; the root is the empty path. `PathBuf` orders component-wise, so
+/// a directory's descendants follow it contiguously.
+struct Tree {
+    nodes: BTreeMap<PathBuf, Node>,
+}
+
+#[derive(Clone)]
+enum Node {
+    Dir(DirInfo),
+    File(Arc<FileNode>),
+}
+
+#[derive(Clone, Copy)]
+struct DirInfo {
+    mode: u32,
+    mtime: SystemTime,
+}
+
+struct FileNode {
+    /// Held for a change of the bytes and for a whole commit (see the module doc).
+    io: Mutex<()>,
+    state: Mutex<FileState>,
+}
+
+struct FileState {
+    rel: PathBuf,
+    /// Changed since the last successful commit: the entry is Spooled. Implies `spool`.
+    dirty: bool,
+    /// `SPOOL/data/<rel>` exists and holds the entry's bytes.
+    spool: bool,
+    /// Where the last commit put the PNG.
+    png: Option<PathBuf>,
+    /// Attributes of the committed bytes (used when no spool file exists).
+    size: u64,
+    mode: u32,
+    mtime: SystemTime,
+    /// User metadata keys (without the `user.pixelrts.` prefix), string values.
+    xattrs: Map<String, Value>,
+    handles: usize,
+    /// Unlinked or replaced: the name (and the spool path) may belong to another entry now.
+    detached: bool,
+}
+
+struct Handle {
+    node: Arc<FileNode>,
+    file: File,
+    write: bool,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic elsewhere must not turn every later call into a panic: the data is still usable.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn errno(path: &Path, code: i32) -> Error {
+    Error::io(path, io::Error::from_raw_os_error(code))
+}
+
+fn is_not_found(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::NotFound
+}
+
+/// Removes a file, treating "already gone" as done.
+fn remove_if_exists(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if !is_not_found(&e) => Err(Error::io(path, e)),
+        _ => Ok(()),
+    }
+}
+
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_os_string();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+fn set_mtime(path: &Path, mtime: SystemTime) -> Result<()> {
+    let f = File::open(path).at(path)?;
+    f.set_modified(mtime).at(path)
+}
+
+impl EncodeDir {
+    /// Opens the encode directory: creates `SPOOL/data`, `SPOOL/meta` and `SPOOL/tmp`, and loads
+    /// every file left in `SPOOL/data` by an earlier mount or a crash as a pending Spooled entry.
+    /// (Named `new` because `open` is the file operation below.)
+    pub fn new(source: &Path, spool: &Path, opts: EncodeDirOptions) -> Result<EncodeDir> {
+        let source_meta = fs::metadata(source).at(source)?;
+        if !source_meta.is_dir() {
+            return Err(errno(source, libc::ENOTDIR));
+        }
+        if opts.level > 9 {
+            return Err(Error::InvalidArgument(format!(
+                "level must be 0..9, got {}",
+                opts.level
+            )));
+        }
+        if opts.threads == Some(0) {
+            return Err(Error::InvalidArgument("threads must be at least 1".into()));
+        }
+        if opts.gpu == GpuMode::On {
+            crate::gpu::Gpu::open(GpuMode::On).map_err(|e| Error::Gpu(e.to_string()))?;
+        }
+        let data = spool.join("data");
+        let meta = spool.join("meta");
+        let tmp = spool.join("tmp");
+        for d in [&data, &meta] {
+            fs::create_dir_all(d).at(d)?;
+        }
+        // Leftovers in tmp are copy-ups a crash interrupted: the PNG still holds those bytes.
+        match fs::remove_dir_all(&tmp) {
+            Err(e) if !is_not_found(&e) => return Err(Error::io(&tmp, e)),
+            _ => {}
+        }
+        fs::create_dir_all(&tmp).at(&tmp)?;
+        let source = fs::canonicalize(source).at(source)?;
+        let spool_canon = fs::canonicalize(spool).at(spool)?;
+        if source.starts_with(&spool_canon) {
+            return Err(Error::InvalidArgument(format!(
+                "{}: the spool must not contain SOURCE",
+                spool.display()
+            )));
+        }
+        let spool_in_source = spool_canon
+            .strip_prefix(&source)
+            .ok()
+            .map(Path::to_path_buf);
+        let dir = EncodeDir {
+            source,
+            data,
+            meta,
+            tmp,
+            spool_in_source,
+            opts,
+            tree: Mutex::new(Tree {
+                nodes: BTreeMap::new(),
+            }),
+            handles: Mutex::new(HashMap::new()),
+            next_handle: AtomicU64::new(1),
+            next_tmp: AtomicU64::new(0),
+        };
+        let root = DirInfo {
+            mode: 0o755,
+            mtime: SystemTime::now(),
+        };
+        let mut nodes = BTreeMap::new();
+        nodes.insert(PathBuf::new(), Node::Dir(root));
+        dir.scan_pending(Path::new(""), &mut nodes)?;
+        lock(&dir.tree).nodes = nodes;
+        Ok(dir)
+    }
+
+    fn meta_path(&self, rel: &Path) -> PathBuf {
+        with_suffix(&self.meta.join(rel), ".json")
+    }
+
+    fn png_path(&self, rel: &Path) -> PathBuf {
+        with_suffix(&self.source.join(rel), PNG_SUFFIX)
+    }
+
+    /// Checks a caller's path: relative, no `..`, no reserved names, nothing that would land a
+    /// commit inside the spool. Returns it normalised (`.` components dropped).
+    fn clean_rel(&self, rel: &Path) -> Result<PathBuf> {
+        let mut out = PathBuf::new();
+        for c in rel.components() {
+            match c {
+                Component::Normal(name) => {
+                    if name.as_bytes().starts_with(RESERVED_PREFIX.as_bytes()) {
+                        return Err(errno(rel, libc::EINVAL));
+                    }
+                    if name.len() + PNG_SUFFIX.len() > NAME_MAX {
+                        return Err(errno(rel, libc::ENAMETOOLONG));
+                    }
+                    out.push(name);
+                }
+                Component::CurDir => {}
+                _ => return Err(errno(rel, libc::EINVAL)),
+            }
+        }
+        if let Some(spool) = &self.spool_in_source {
+            if !out.as_os_str().is_empty() && out.starts_with(spool) {
+                return Err(errno(rel, libc::EINVAL));
+            }
+        }
+        Ok(out)
+    }
+
+    /// ENOENT, or ENOTDIR when a path component is a file.
+    fn missing(tree: &Tree, rel: &Path) -> Error {
+        let mut at = rel.parent();
+        while let Some(p) = at {
+            if let Some(Node::File(_)) = tree.nodes.get(p) {
+                return errno(rel, libc::ENOTDIR);
+            }
+            at = p.parent();
+        }
+        errno(rel, libc::ENOENT)
+    }
+
+    fn lookup(&self, rel: &Path) -> Result<Node> {
+        let tree = lock(&self.tree);
+        tree.nodes
+            .get(rel)
+            .cloned()
+            .ok_or_else(|| Self::missing(&tree, rel))
+    }
+
+    fn lookup_file(&self, rel: &Path) -> Result<Arc<FileNode>> {
+        match self.lookup(rel)? {
+            Node::File(f) => Ok(f),
+            Node::Dir(_) => Err(errno(rel, libc::EISDIR)),
+        }
+    }
+
+    /// The parent of a new entry must be an existing directory.
+    fn check_parent(tree: &Tree, rel: &Path) -> Result<()> {
+        let parent = match rel.parent() {
+            Some(p) => p,
+            None => return Err(errno(rel, libc::EINVAL)),
+        };
+        match tree.nodes.get(parent) {
+            Some(Node::Dir(_)) => Ok(()),
+            Some(Node::File(_)) => Err(errno(rel, libc::ENOTDIR)),
+            None => Err(Self::missing(tree, parent)),
+        }
+    }
+
+    fn touch_parent(tree: &mut Tree, rel: &Path) {
+        if let Some(Node::Dir(d)) = rel.parent().and_then(|p| tree.nodes.get_mut(p)) {
+            d.mtime = SystemTime::now();
+        }
+    }
+
+    fn file_attr(&self, st: &FileState) -> Result<EntryAttr> {
+        let state = match (&st.png, st.dirty) {
+            (Some(png), false) => EntryState::Committed { png: png.clone() },
+            _ => EntryState::Spooled,
+        };
+        if st.spool {
+            let path = self.data.join(&st.rel);
+            let m = fs::metadata(&path).at(&path)?;
+            Ok(EntryAttr {
+                kind: EntryKind::File,
+                size: m.len(),
+                mode: m.mode() & 0o7777,
+                mtime: m.modified().at(&path)?,
+                state,
+            })
+        } else {
+            Ok(EntryAttr {
+                kind: EntryKind::File,
+                size: st.size,
+                mode: st.mode,
+                mtime: st.mtime,
+                state,
+            })
+        }
+    }
+
+    fn dir_attr(d: &DirInfo) -> EntryAttr {
+        EntryAttr {
+            kind: EntryKind::Dir,
+            size: 0,
+            mode: d.mode,
+            mtime: d.mtime,
+            state: EntryState::Dir,
+        }
+    }
+
+    fn node_attr(&self, node: &Node) -> Result<EntryAttr> {
+        match node {
+            Node::Dir(d) => Ok(Self::dir_attr(d)),
+            Node::File(f) => self.file_attr(&lock(&f.state)),
+        }
+    }
+
+    pub fn getattr(&self, rel: &Path) -> Result<EntryAttr> {
+        let rel = self.clean_rel(rel)?;
+        let node = self.lookup(&rel)?;
+        self.node_attr(&node)
+    }
+
+    /// The entries of a directory. An entry whose attributes cannot be read is logged and left
+    /// out rather than failing the listing.
+    pub fn list(&self, rel_dir: &Path) -> Result<Vec<(OsString, EntryAttr)>> {
+        let rel_dir = self.clean_rel(rel_dir)?;
+        let children: Vec<(OsString, Node)> = {
+            let tree = lock(&self.tree);
+            match tree.nodes.get(&rel_dir) {
+                Some(Node::Dir(_)) => {}
+                Some(Node::File(_)) => return Err(errno(&rel_dir, libc::ENOTDIR)),
+                None => return Err(Self::missing(&tree, &rel_dir)),
+            }
+            tree.nodes
+                .range(rel_dir.clone()..)
+                .skip(1)
+                .take_while(|(k, _)| k.starts_with(&rel_dir))
+                .filter(|(k, _)| k.parent() == Some(rel_dir.as_path()))
+                .filter_map(|(k, n)| k.file_name().map(|f| (f.to_os_string(), n.clone())))
+                .collect()
+        };
+        let mut out = Vec::with_capacity(children.len());
+        for (name, node) in children {
+            match self.node_attr(&node) {
+                Ok(a) => out.push((name, a)),
+                Err(e) => tracing::warn!("encode dir listing: {e}"),
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn mkdir(&self, rel: &Path, mode: u32) -> Result<EntryAttr> {
+        let rel = self.clean_rel(rel)?;
+        let mut tree = lock(&self.tree);
+        if tree.nodes.contains_key(&rel) {
+            return Err(errno(&rel, libc::EEXIST));
+        }
+        Self::check_parent(&tree, &rel)?;
+        let info = DirInfo {
+            mode: mode & 0o7777,
+            mtime: SystemTime::now(),
+        };
+        tree.nodes.insert(rel.clone(), Node::Dir(info));
+        Self::touch_parent(&mut tree, &rel);
+        Ok(Self::dir_attr(&info))
+    }
+
+    pub fn rmdir(&self, rel: &Path) -> Result<()> {
+        let rel = self.clean_rel(rel)?;
+        if rel.as_os_str().is_empty() {
+            return Err(errno(&rel, libc::EBUSY));
+        }
+        let mut tree = lock(&self.tree);
+        match tree.nodes.get(&rel) {
+            Some(Node::Dir(_)) => {}
+            Some(Node::File(_)) => return Err(errno(&rel, libc::ENOTDIR)),
+            None => return Err(Self::missing(&tree, &rel)),
+        }
+        if Self::has_children(&tree, &rel) {
+            return Err(errno(&rel, libc::ENOTEMPTY));
+        }
+        // Spool folders of files that were committed or unlinked may be left; they are empty
+        // (or hold only empty folders), since every spool file is an entry.
+        for d in [self.data.join(&rel), self.meta.join(&rel)] {
+            match fs::remove_dir_all(&d) {
+                Err(e) if !is_not_found(&e) => return Err(Error::io(&d, e)),
+                _ => {}
+            }
+        }
+        tree.nodes.remove(&rel);
+        Self::touch_parent(&mut tree, &rel);
+        Ok(())
+    }
+
+    fn has_children(tree: &Tree, rel: &Path) -> bool {
+        tree.nodes
+            .range(rel.to_path_buf()..)
+            .nth(1)
+            .is_some_and(|(k, _)| k.starts_with(rel))
+    }
+
+    fn register(&self, node: Arc<FileNode>, file: File, write: bool) -> u64 {
+        let h = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        lock(&self.handles).insert(h, Arc::new(Handle { node, file, write }));
+        h
+    }
+
+    fn handle(&self, h: u64) -> Result<Arc<Handle>> {
+        lock(&self.handles)
+            .get(&h)
+            .cloned()
+            .ok_or_else(|| errno(Path::new("<encode-dir handle>"), libc::EBADF))
+    }
+
+    pub fn create(&self, rel: &Path, mode: u32) -> Result<(u64, EntryAttr)> {
+        let rel = self.clean_rel(rel)?;
+        let mut tree = lock(&self.tree);
+        if tree.nodes.contains_key(&rel) {
+            return Err(errno(&rel, libc::EEXIST));
+        }
+        Self::check_parent(&tree, &rel)?;
+        let path = self.data.join(&rel);
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent).at(parent)?;
+        }
+        // A meta file without data can only be a leftover; it must not leak into this entry.
+        remove_if_exists(&self.meta_path(&rel))?;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)
+            .at(&path)?;
+        // Exact bits, without the process umask (the kernel already applied the caller's).
+        file.set_permissions(fs::Permissions::from_mode(mode & 0o7777))
+            .at(&path)?;
+        let node = Arc::new(FileNode {
+            io: Mutex::new(()),
+            state: Mutex::new(FileState {
+                rel: rel.clone(),
+                dirty: true,
+                spool: true,
+                png: None,
+                size: 0,
+                mode: mode & 0o7777,
+                mtime: SystemTime::now(),
+                xattrs: Map::new(),
+                handles: 1,
+                detached: false,
+            }),
+        });
+        tree.nodes.insert(rel.clone(), Node::File(node.clone()));
+        Self::touch_parent(&mut tree, &rel);
+        drop(tree);
+        let attr = self.file_attr(&lock(&node.state))?;
+        Ok((self.register(node, file, true), attr))
+    }
+
+    pub fn open(&self, rel: &Path, write: bool, truncate: bool) -> Result<Opened> {
+        let rel = self.clean_rel(rel)?;
+        let node = self.lookup_file(&rel)?;
+        let _io = lock(&node.io);
+        // The spool file is opened under the same state lock that saw it: a release of the
+        // last other handle could otherwise delete it in between.
+        let mut st = lock(&node.state);
+        if st.detached {
+            return Err(errno(&rel, libc::ENOENT));
+        }
+        if !st.spool {
+            if !write {
+                return match &st.png {
+                    Some(png) => Ok(Opened::Committed(png.clone())),
+                    None => Err(errno(&rel, libc::EIO)),
+                };
+            }
+            drop(st);
+            // No spool file means no handle either, so nothing but the io lock holder (us)
+            // can remove the new spool file before it is opened below.
+            self.spool_up(&node, truncate)?;
+            st = lock(&node.state);
+        }
+        let path = self.data.join(&st.rel);
+        let opened = OpenOptions::new()
+            .read(true)
+            .write(write)
+            .open(&path)
+            .and_then(|f| {
+                if write && truncate {
+                    f.set_len(0)?;
+                }
+                Ok(f)
+            });
+        let file = match opened {
+            Ok(f) => f,
+            Err(e) => {
+                self.drop_unused_spool(&mut st);
+                return Err(Error::io(&path, e));
+            }
+        };
+        if write && truncate {
+            st.dirty = true;
+        }
+        st.handles += 1;
+        drop(st);
+        Ok(Opened::Handle(self.register(node.clone(), file, write)))
+    }
+
+    pub fn read(&self, h: u64, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        let handle = self.handle(h)?;
+        // Offsets past i64::MAX are refused by the kernel too; checking here keeps the
+        // arithmetic below from overflowing.
+        if offset
+            .checked_add(buf.len() as u64)
+            .is_none_or(|end| end > i64::MAX as u64)
+        {
+            return Err(errno(&lock(&handle.node.state).rel, libc::EINVAL));
+        }
+        let mut done = 0;
+        // FUSE wants a full buffer unless at end of file.
+        while done < buf.len() {
+            match handle.file.read_at(&mut buf[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::io(&lock(&handle.node.state).rel, e)),
+            }
+        }
+        Ok(done)
+    }
+
+    pub fn write(&self, h: u64, offset: u64, data: &[u8]) -> Result<usize> {
+        let handle = self.handle(h)?;
+        if !handle.write {
+            return Err(errno(Path::new("<encode-dir handle>"), libc::EBADF));
+        }
+        if offset
+            .checked_add(data.len() as u64)
+            .is_none_or(|end| end > i64::MAX as u64)
+        {
+            return Err(errno(&lock(&handle.node.state).rel, libc::EFBIG));
+        }
+        let _io = lock(&handle.node.io);
+        let written = handle.file.write_all_at(data, offset);
+        let mut st = lock(&handle.node.state);
+        // Even a failed write may have changed some bytes: the entry needs encoding again.
+        if !st.detached {
+            st.dirty = true;
+        }
+        written.map_err(|e| Error::io(&st.rel, e))?;
+        Ok(data.len())
+    }
+
+    pub fn flush(&self, h: u64) -> Result<()> {
+        let handle = self.handle(h)?;
+        if !handle.write {
+            return Ok(());
+        }
+        self.commit(&handle.node)
+    }
+
+    /// Makes the spool bytes durable (not an encode: that is flush's job).
+    pub fn fsync(&self, h: u64) -> Result<()> {
+        let handle = self.handle(h)?;
+        let rel = lock(&handle.node.state).rel.clone();
+        handle.file.sync_all().at(&rel)?;
+        if let Some(parent) = self.data.join(&rel).parent() {
+            sync_dir(parent);
+        }
+        Ok(())
+    }
+
+    pub fn release(&self, h: u64) -> Result<()> {
+        let handle = lock(&self.handles)
+            .remove(&h)
+            .ok_or_else(|| errno(Path::new("<encode-dir handle>"), libc::EBADF))?;
+        let mut st = lock(&handle.node.state);
+        st.handles = st.handles.saturating_sub(1);
+        self.drop_unused_spool(&mut st);
+        Ok(())
+    }
+
+    /// A committed entry's spool copy goes once no handle uses it (also after a copy-up whose
+    /// open or truncate then failed, so no stale copy stays behind).
+    fn drop_unused_spool(&self, st: &mut FileState) {
+        if st.handles == 0 && !st.dirty && st.spool && !st.detached {
+            self.drop_spool(st);
+        }
+    }
+
+    pub fn setattr(
+        &self,
+        rel: &Path,
+        size: Option<u64>,
+        mode: Option<u32>,
+        mtime: Option<SystemTime>,
+    ) -> Result<EntryAttr> {
+        let rel = self.clean_rel(rel)?;
+        let node = match self.lookup(&rel)? {
+            Node::File(f) => f,
+            Node::Dir(_) => {
+                if size.is_some() {
+                    return Err(errno(&rel, libc::EISDIR));
+                }
+                let mut tree = lock(&self.tree);
+                return match tree.nodes.get_mut(&rel) {
+                    Some(Node::Dir(d)) => {
+                        if let Some(m) = mode {
+                            d.mode = m & 0o7777;
+                        }
+                        if let Some(t) = mtime {
+                            d.mtime = t;
+                        }
+                        Ok(Self::dir_attr(d))
+                    }
+                    _ => Err(errno(&rel, libc::ENOENT)),
+                };
+            }
+        };
+        let io_guard = lock(&node.io);
+        let mut st = lock(&node.state);
+        if st.detached {
+            return Err(errno(&rel, libc::ENOENT));
+        }
+        if let Some(size) = size {
+            if !st.spool {
+                drop(st);
+                self.spool_up(&node, size == 0)?;
+                st = lock(&node.state);
+            }
+            let path = self.data.join(&st.rel);
+            let truncated = OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .and_then(|f| f.set_len(size));
+            if let Err(e) = truncated {
+                self.drop_unused_spool(&mut st);
+                return Err(Error::io(&path, e));
+            }
+            st.dirty = true;
+        }
+        let committed_png = if st.dirty { None } else { st.png.clone() };
+        let spool_path = st.spool.then(|| self.data.join(&st.rel));
+        for path in spool_path.iter().chain(committed_png.iter()) {
+            if let Some(m) = mode {
+                fs::set_permissions(path, fs::Permissions::from_mode(m & 0o7777)).at(path)?;
+            }
+            if let Some(t) = mtime {
+                set_mtime(path, t)?;
+            }
+        }
+        if committed_png.is_some() {
+            if let Some(m) = mode {
+                st.mode = m & 0o7777;
+            }
+            if let Some(t) = mtime {
+                st.mtime = t;
+            }
+        }
+        let commit_now = size.is_some() && st.handles == 0;
+        drop(st);
+        drop(io_guard);
+        if commit_now {
+            // No handle is open, so no flush will come for this change (`truncate -s`).
+            self.commit(&node)?;
+        }
+        let st = lock(&node.state);
+        self.file_attr(&st)
+    }
+
+    pub fn unlink(&self, rel: &Path) -> Result<()> {
+        let rel = self.clean_rel(rel)?;
+        let node = self.lookup_file(&rel)?;
+        let _io = lock(&node.io);
+        let mut tree = lock(&self.tree);
+        match tree.nodes.get(&rel) {
+            Some(Node::File(f)) if Arc::ptr_eq(f, &node) => {}
+            // Replaced or removed while we waited for the io lock: look again.
+            _ => {
+                drop(tree);
+                drop(_io);
+                return self.unlink(&rel);
+            }
+        }
+        let mut st = lock(&node.state);
+        if st.spool {
+            self.remove_spool(&rel)?;
+            st.spool = false;
+        }
+        st.detached = true;
+        drop(st);
+        tree.nodes.remove(&rel);
+        Self::touch_parent(&mut tree, &rel);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(super) fn dir() -> (tempfile::TempDir, EncodeDir) {
+        let t = tempfile::tempdir().unwrap();
+        let source = t.path().join("src");
+        fs::create_dir(&source).unwrap();
+        let d = EncodeDir::new(
+            &source,
+            &source.join(".pixelrts-spool"),
+            EncodeDirOptions::default(),
+        )
+        .unwrap();
+        (t, d)
+    }
+
+    #[test]
+    fn rel_paths_are_checked() {
+        let (_t, d) = dir();
+        for bad in ["../x", "/x", "a/../b", ".pixelrts-spool/x", ".pixelrtsfoo"] {
+            assert_eq!(
+                d.clean_rel(Path::new(bad)).unwrap_err().errno(),
+                libc::EINVAL,
+                "{bad}"
+            );
+        }
+        assert_eq!(d.clean_rel(Path::new("./a/b")).unwrap(), Path::new("a/b"));
+        let long = "x".repeat(250);
+        assert_eq!(
+            d.clean_rel(Path::new(&long)).unwrap_err().errno(),
+            libc::ENAMETOOLONG
+        );
+    }
+}
