@@ -744,3 +744,280 @@ fn which(name: &str) -> Result<PathBuf, ()> {
     }
     Err(())
 }
+
+// ---- the encode directory -------------------------------------------------------------
+
+/// Checks that `SOURCE/<rel>.rts.png` holds `data`: through the mount (view and encode/), with
+/// `pixelrts decode --verify`, and with the independent Pillow decoder.
+fn assert_encoded(m: &Mounted, rel: &str, data: &[u8]) {
+    let png = m.src.join(format!("{rel}.rts.png"));
+    assert!(png.is_file(), "{} was not written", png.display());
+    assert!(
+        std::fs::read(m.path(rel)).unwrap() == data,
+        "{rel}: view bytes differ"
+    );
+    let via_encode = std::fs::read(m.path(&format!("encode/{rel}"))).unwrap();
+    assert!(via_encode == data, "{rel}: encode/ bytes differ");
+    let out_dir = tempfile::tempdir().unwrap();
+    let decoded = out_dir.path().join("decoded");
+    let out = pixelrts(&[
+        "decode".as_ref(),
+        png.as_os_str(),
+        decoded.as_os_str(),
+        "--verify".as_ref(),
+    ]);
+    assert!(out.status.success(), "decode {rel}: {}", describe(&out));
+    assert!(
+        std::fs::read(&decoded).unwrap() == data,
+        "{rel}: pixelrts decode differs"
+    );
+    let indep = python_decode(&png, &out_dir.path().join("indep"));
+    assert!(indep == data, "{rel}: independent decoder differs");
+}
+
+fn sh(script: &str, args: &[&Path]) -> Output {
+    let mut c = Command::new("sh");
+    c.arg("-c").arg(script).arg("sh").args(args);
+    run_limited(c, WAIT)
+}
+
+#[test]
+fn cp_cat_dd_tee_and_rsync_into_encode_end_as_the_right_pngs() {
+    let m = Mounted::new(&[]);
+    let inputs = m._tmp.path().join("in");
+    std::fs::create_dir_all(inputs.join("tree/deeper")).unwrap();
+    let big = prng_bytes(2_500_000, 21);
+    let small = b"a few bytes\n".to_vec();
+    std::fs::write(inputs.join("big"), &big).unwrap();
+    std::fs::write(inputs.join("small"), &small).unwrap();
+    std::fs::write(inputs.join("tree/a"), prng_bytes(70_000, 22)).unwrap();
+    std::fs::write(inputs.join("tree/deeper/b"), b"").unwrap();
+    std::fs::set_permissions(
+        inputs.join("tree/a"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o750),
+    )
+    .unwrap();
+    let enc = m.path("encode");
+
+    let out = sh("cp \"$1/big\" \"$2/cp_big\"", &[&inputs, &enc]);
+    assert!(out.status.success(), "cp: {}", describe(&out));
+    assert_encoded(&m, "cp_big", &big);
+
+    let out = sh("cat \"$1/small\" > \"$2/catted\"", &[&inputs, &enc]);
+    assert!(out.status.success(), "cat >: {}", describe(&out));
+    assert_encoded(&m, "catted", &small);
+
+    let out = sh(
+        "dd if=\"$1/big\" of=\"$2/dd_big\" bs=65536 status=none",
+        &[&inputs, &enc],
+    );
+    assert!(out.status.success(), "dd: {}", describe(&out));
+    assert_encoded(&m, "dd_big", &big);
+
+    let out = sh(
+        "tee \"$2/teed\" < \"$1/small\" > /dev/null",
+        &[&inputs, &enc],
+    );
+    assert!(out.status.success(), "tee: {}", describe(&out));
+    assert_encoded(&m, "teed", &small);
+
+    // Appending re-opens a committed file (copy-up) and commits the longer content.
+    let out = sh("cat \"$1/small\" >> \"$2/catted\"", &[&inputs, &enc]);
+    assert!(out.status.success(), "cat >>: {}", describe(&out));
+    assert_encoded(&m, "catted", &[small.clone(), small.clone()].concat());
+
+    // rsync -a writes ".name.XXXXXX", closes it, sets mode and times, then renames it.
+    let mut c = Command::new("rsync");
+    c.arg("-a")
+        .arg(format!("{}/", inputs.join("tree").display()))
+        .arg(m.path("encode/tree"));
+    let out = run_limited(c, WAIT);
+    assert!(out.status.success(), "rsync -a: {}", describe(&out));
+    assert_encoded(&m, "tree/a", &std::fs::read(inputs.join("tree/a")).unwrap());
+    assert_encoded(&m, "tree/deeper/b", b"");
+    let mut names: Vec<String> = snapshot(&m.src)
+        .into_iter()
+        .map(|(p, _)| {
+            p.strip_prefix(&m.src)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .filter(|p| !p.starts_with(".pixelrts-spool"))
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "catted.rts.png",
+            "cp_big.rts.png",
+            "dd_big.rts.png",
+            "teed.rts.png",
+            "tree/a.rts.png",
+            "tree/deeper/b.rts.png"
+        ],
+        "no temporary names may be left in SOURCE"
+    );
+    // rsync's chmod/utimens after close show on the decoded file.
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let orig = std::fs::metadata(inputs.join("tree/a")).unwrap();
+    let shown = std::fs::metadata(m.path("tree/a")).unwrap();
+    assert_eq!(shown.mtime(), orig.mtime(), "mtime of tree/a");
+    assert_eq!(shown.permissions().mode() & 0o777, 0o550, "mode of tree/a");
+}
+
+#[test]
+fn setfattr_before_close_ends_up_in_the_png_metadata() {
+    let m = Mounted::new(&[]);
+    let f = m.path("encode/vmlinuz");
+    // The setfattr processes are started before the file is opened: a process forked while
+    // the file is open would close its copy of the descriptor, and every close commits.
+    let script = r#"
+import os, subprocess, sys
+path = sys.argv[1]
+helper = subprocess.Popen(
+    ["sh", "-c", 'read go; setfattr -n user.pixelrts.type -v kernel "$1" && setfattr -n user.pixelrts.arch -v x86_64 "$1"; echo $?', "sh", path],
+    stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+os.write(fd, b"\x7fELF pretend kernel")
+helper.stdin.write(b"go\n"); helper.stdin.flush()
+status = helper.stdout.readline().strip()
+os.close(fd)
+helper.wait()
+assert status == b"0", status
+"#;
+    let mut c = Command::new("python3");
+    c.arg("-c").arg(script).arg(&f);
+    let out = run_limited(c, WAIT);
+    assert!(out.status.success(), "{}", describe(&out));
+    let png = std::fs::read(m.src.join("vmlinuz.rts.png")).unwrap();
+    let meta = png_metadata(&png).unwrap();
+    assert_eq!(meta["type"], "kernel", "{meta:?}");
+    assert_eq!(meta["arch"], "x86_64", "{meta:?}");
+    assert_encoded(&m, "vmlinuz", b"\x7fELF pretend kernel");
+    let mut c = Command::new("getfattr");
+    c.args(["--only-values", "-n", "user.pixelrts.type"])
+        .arg(m.path("vmlinuz"));
+    let out = run_limited(c, WAIT);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "kernel",
+        "{}",
+        describe(&out)
+    );
+}
+
+/// A tmpfs or bind mount made for a test, lazily unmounted on drop.
+struct SysMount(PathBuf);
+
+impl SysMount {
+    fn new(at: &Path, size: &str) -> Self {
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "cannot mount a tmpfs (these tests need root): {}",
+            describe(&out)
+        );
+        SysMount(at.to_path_buf())
+    }
+    fn resize(&self, size: &str) {
+        let out = Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "tmpfs remount: {}", describe(&out));
+    }
+}
+
+impl Drop for SysMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn an_encode_failure_is_reported_at_close_and_nothing_is_lost() {
+    let m = Mounted::unmounted();
+    let _tmpfs = SysMount::new(&m.src, "1m");
+    let spool = m._tmp.path().join("spool");
+    let spool_opt = format!("spool={}", spool.display());
+    m.mount_ok(&[&spool_opt]);
+    let data = prng_bytes(3_000_000, 33);
+    let input = m._tmp.path().join("input");
+    std::fs::write(&input, &data).unwrap();
+
+    let out = sh("cp \"$1\" \"$2\"", &[&input, &m.path("encode/big")]);
+    assert!(!out.status.success(), "cp must fail when SOURCE is full");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("No space left"), "{}", describe(&out));
+    // Nothing lost: still in encode/, in the spool, and not (half) in SOURCE.
+    assert!(std::fs::read(m.path("encode/big")).unwrap() == data);
+    assert!(std::fs::read(spool.join("data/big")).unwrap() == data);
+    assert!(!m.src.join("big.rts.png").exists());
+    assert!(!m.path("big").exists());
+    assert!(
+        snapshot(&m.src).is_empty(),
+        "temporary files left in SOURCE"
+    );
+
+    // Pending spool files survive the unmount and are encoded when the next mount starts.
+    m.unmount();
+    _tmpfs.resize("20m");
+    m.mount_ok(&[&spool_opt]);
+    assert!(
+        std::fs::read(m.path("big")).unwrap() == data,
+        "pending file not encoded at mount"
+    );
+    let out_dir = tempfile::tempdir().unwrap();
+    assert!(python_decode(&m.src.join("big.rts.png"), &out_dir.path().join("d")) == data);
+    assert!(
+        !spool.join("data/big").exists(),
+        "spool copy kept after the commit"
+    );
+    m.unmount();
+}
+
+#[test]
+fn a_read_only_source_fails_at_close_with_erofs() {
+    let m = Mounted::unmounted();
+    // A read-only bind mount of SOURCE onto itself.
+    let bind = |args: &[&str]| {
+        let out = Command::new("mount")
+            .args(args)
+            .arg(&m.src)
+            .arg(&m.src)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "mount {args:?}: {}", describe(&out));
+    };
+    bind(&["--bind"]);
+    let _bind = SysMount(m.src.clone());
+    let out = Command::new("mount")
+        .args(["-o", "remount,ro,bind"])
+        .arg(&m.src)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "remount ro: {}", describe(&out));
+    let spool = m._tmp.path().join("spool");
+    m.mount_ok(&[&format!("spool={}", spool.display())]);
+    // cp reports close() errors (a shell redirection would not).
+    let input = m._tmp.path().join("hello");
+    std::fs::write(&input, b"hello").unwrap();
+    let out = sh("cp \"$1\" \"$2\"", &[&input, &m.path("encode/x")]);
+    assert!(
+        !out.status.success(),
+        "writing into a read-only SOURCE must fail at close"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Read-only file system"),
+        "{}",
+        describe(&out)
+    );
+    assert_eq!(std::fs::read(m.path("encode/x")).unwrap(), b"hello");
+    assert_eq!(std::fs::read(spool.join("data/x")).unwrap(), b"hello");
+}
