@@ -1021,3 +1021,26 @@ fn a_read_only_source_fails_at_close_with_erofs() {
     assert_eq!(std::fs::read(m.path("encode/x")).unwrap(), b"hello");
     assert_eq!(std::fs::read(spool.join("data/x")).unwrap(), b"hello");
 }
+
+#[test]
+fn a_dead_mount_is_reported_busy_and_can_be_unmounted() {
+    let m = Mounted::new(&["ro"]);
+    let pids = mount_pids(&m.mp);
+    assert_eq!(pids.len(), 1);
+    // SAFETY: killing the test's own mount process.
+    unsafe {
+        libc::kill(pids[0] as i32, libc::SIGKILL);
+    }
+    assert!(wait_until(Duration::from_secs(10), || !alive(pids[0])));
+    assert!(
+        is_mounted(&m.mp),
+        "a killed FUSE process leaves its mount behind"
+    );
+    let out = m.mount(&["ro"]);
+    assert_clean_failure(&out, "dead mount", "mnt", &["busy"]);
+    m.unmount();
+    m.mount_ok(&["ro"]);
+    m.unmount();
+    let out = pixelrts(&["umount".as_ref(), m.mp.as_os_str()]);
+    assert_clean_failure(&out, "umount of nothing", "mnt", &["not mounted"]);
+}

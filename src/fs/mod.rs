@@ -440,7 +440,12 @@ pub fn validate(
         path: spool.clone(),
         reason,
     };
-    std::fs::create_dir_all(&spool).map_err(|e| spool_err(e.to_string()))?;
+    std::fs::create_dir_all(&spool).map_err(|e| {
+        spool_err(format!(
+            "{e} (the encode directory spools there: give a writable folder with -o spool=PATH, \
+             or mount with -o ro)"
+        ))
+    })?;
     let spool_c = spool.canonicalize().map_err(|e| spool_err(e.to_string()))?;
     if !std::fs::metadata(&spool_c)
         .map(|m| m.is_dir())
