@@ -265,6 +265,16 @@ fn every_reference_vector_compares_equal_through_the_mount() {
     let m = Mounted::unmounted();
     let vectors = install_vectors(&m.src);
     m.mount_ok(&["ro"]);
+    // Readahead raised to 1 MiB (root can; the FUSE default is 128 KiB).
+    let dev = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.split(' ').nth(4) == Some(&*m.mp.to_string_lossy()))
+        .map(|l| l.split(' ').nth(2).unwrap().to_string())
+        .last()
+        .unwrap();
+    let ra = std::fs::read_to_string(format!("/sys/class/bdi/{dev}/read_ahead_kb")).unwrap();
+    assert_eq!(ra.trim(), "1024", "readahead of {dev}");
     let mut listed = list_dir(&m.mp);
     listed.sort();
     let mut want: Vec<String> = vectors.iter().map(|(n, _)| n.clone()).collect();

@@ -262,8 +262,8 @@ fn background(a: &MountArgs, verbose: u8) -> anyhow::Result<i32> {
     drop(write_end);
     let mut msg = String::new();
     let read = read_end.read_to_string(&mut msg);
-    if let Some(rest) = msg.strip_prefix("READY") {
-        let _ = rest;
+    if msg.starts_with("READY") {
+        // The child serves on in its own session; it is not waited for.
         return Ok(0);
     }
     let status = child.wait().ok();

@@ -31,6 +31,8 @@ pub const DEFAULT_ENCODE_DIR: &str = "encode";
 pub const DEFAULT_SPOOL: &str = ".pixelrts-spool";
 /// Default FUSE worker threads.
 pub const DEFAULT_THREADS: usize = 4;
+/// Kernel readahead for the mount: large sequential reads decode many tiles in parallel.
+pub const READAHEAD_KIB: u32 = 1024;
 /// Most FUSE worker threads accepted.
 pub const MAX_THREADS: usize = 256;
 
@@ -313,18 +315,50 @@ pub struct Checked {
     pub spool: Option<PathBuf>,
 }
 
-/// Mount points from /proc/self/mountinfo: (mount point, filesystem type).
-pub fn mount_table() -> Vec<(PathBuf, String)> {
+/// One line of /proc/self/mountinfo.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MountEntry {
+    /// `major:minor` of the mounted filesystem.
+    pub device: String,
+    pub mountpoint: PathBuf,
+    pub fstype: String,
+}
+
+/// The mount table of this process's namespace, in mount order.
+pub fn mount_table() -> Vec<MountEntry> {
     let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     text.lines()
         .filter_map(|line| {
             let fields: Vec<&str> = line.split(' ').collect();
+            let device = fields.get(2)?;
             let mp = fields.get(4)?;
             let sep = fields.iter().position(|f| *f == "-")?;
             let fstype = fields.get(sep + 1)?;
-            Some((PathBuf::from(unescape_mountinfo(mp)), fstype.to_string()))
+            Some(MountEntry {
+                device: device.to_string(),
+                mountpoint: PathBuf::from(unescape_mountinfo(mp)),
+                fstype: fstype.to_string(),
+            })
         })
         .collect()
+}
+
+/// Raises the kernel readahead of the FUSE mount at `mountpoint` to `kib`. The FUSE INIT reply
+/// cannot ask for more than the kernel offers (128 KiB by default); the mount's backing-device
+/// setting can, for root. Best effort: without permission the default stays.
+fn raise_readahead(mountpoint: &Path, kib: u32) {
+    let Some(entry) = mount_table()
+        .into_iter()
+        .rev()
+        .find(|e| e.mountpoint == mountpoint)
+    else {
+        return;
+    };
+    let knob = PathBuf::from(format!("/sys/class/bdi/{}/read_ahead_kb", entry.device));
+    match std::fs::write(&knob, kib.to_string()) {
+        Ok(()) => tracing::debug!("{}: readahead {kib} KiB", mountpoint.display()),
+        Err(e) => tracing::debug!("{}: readahead unchanged: {e}", knob.display()),
+    }
 }
 
 /// mountinfo escapes space, tab, newline and backslash as `\ooo`.
@@ -353,8 +387,8 @@ pub fn mounted_at(path: &Path) -> Option<String> {
     mount_table()
         .into_iter()
         .rev()
-        .find(|(mp, _)| mp == path)
-        .map(|(_, t)| t)
+        .find(|e| e.mountpoint == path)
+        .map(|e| e.fstype)
 }
 
 /// Checks everything that can be checked before mounting.
@@ -576,6 +610,7 @@ pub fn mount(
             mountpoint: checked.mountpoint.clone(),
             source: e,
         })?;
+    raise_readahead(&checked.mountpoint, READAHEAD_KIB);
     Ok(Mounted {
         mountpoint: checked.mountpoint,
         thread: Some(thread),

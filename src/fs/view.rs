@@ -33,6 +33,8 @@ use crate::reader::{Reader, ReaderOptions, COMPRESSED_UNSUPPORTED};
 pub const SUFFIX: &str = ".rts.png";
 /// Names starting with this are never shown (spool, temporary files of the encoder).
 pub const HIDDEN_PREFIX: &str = ".pixelrts";
+/// Probes kept at most (each holds one file's metadata).
+const MAX_PROBES: usize = 65536;
 /// Readers kept open at most while unused; beyond this, unused ones are closed.
 const MAX_IDLE_READERS: usize = 256;
 
@@ -391,7 +393,12 @@ impl View {
             },
             metadata: md.display_map(),
         });
-        lock(&self.probes).insert(png.to_path_buf(), probe.clone());
+        let mut probes = lock(&self.probes);
+        if probes.len() >= MAX_PROBES {
+            // Probes are cheap to redo; a bound keeps a huge SOURCE from growing the map forever.
+            probes.clear();
+        }
+        probes.insert(png.to_path_buf(), probe.clone());
         Ok(probe)
     }
 
