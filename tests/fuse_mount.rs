@@ -269,9 +269,10 @@ fn every_reference_vector_compares_equal_through_the_mount() {
     let dev = std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap()
         .lines()
+        .rev()
         .filter(|l| l.split(' ').nth(4) == Some(&*m.mp.to_string_lossy()))
         .map(|l| l.split(' ').nth(2).unwrap().to_string())
-        .last()
+        .next()
         .unwrap();
     let ra = std::fs::read_to_string(format!("/sys/class/bdi/{dev}/read_ahead_kb")).unwrap();
     assert_eq!(ra.trim(), "1024", "readahead of {dev}");
