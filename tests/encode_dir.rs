@@ -246,9 +246,26 @@ fn rsync_pattern_temp_name_attributes_rename() {
     let data = sample(200_000, 9);
     put(&d, "dir/.x.AbCdEf", &data);
     assert!(s.png("dir/.x.AbCdEf").exists());
+    assert_ne!(s.metadata("dir/.x.AbCdEf")["file_mode"], 0o751);
+    // A reader that has the PNG open keeps reading it while the metadata is rewritten.
+    let opened = d.open(p("dir/.x.AbCdEf"), false, false).unwrap();
+    let Opened::Committed(png) = opened else {
+        panic!("read-only open of a committed entry: {opened:?}")
+    };
+    let reader = pixelrts::reader::Reader::open(&png, &Default::default()).unwrap();
+    // rsync sets mtime (with sub-second precision) and mode after close, before the rename.
     let when = UNIX_EPOCH + Duration::from_secs(1_500_000_000);
     let attr = d
-        .setattr(p("dir/.x.AbCdEf"), None, Some(0o751), Some(when))
+        .setattr(
+            p("dir/.x.AbCdEf"),
+            None,
+            Some(0o751),
+            Some(when + Duration::from_nanos(250_000_000)),
+        )
+        .unwrap();
+    assert_eq!(attr.mtime, when + Duration::from_nanos(250_000_000));
+    let attr = d
+        .setattr(p("dir/.x.AbCdEf"), None, None, Some(when))
         .unwrap();
     assert_eq!(attr.mode, 0o751);
     assert_eq!(attr.mtime, when);
@@ -256,6 +273,14 @@ fn rsync_pattern_temp_name_attributes_rename() {
     assert!(s.png("dir/x").exists());
     assert_eq!(names(&s.source.join("dir")), vec!["x.rts.png"]);
     assert_eq!(s.decoded("dir/x"), data);
+    let mut buf = vec![0u8; 5000];
+    reader.read_exact_at(150_000, &mut buf).unwrap();
+    assert_eq!(buf, data[150_000..155_000]);
+    // The decoded view shows the recorded attributes: they are the ones rsync set.
+    let meta = s.metadata("dir/x");
+    assert_eq!(meta["file_mode"], 0o751);
+    assert_eq!(meta["file_mtime"], 1_500_000_000);
+    assert_eq!(meta["data_size"], data.len());
     // chmod/utimens of a committed entry went to the PNG itself.
     let m = fs::metadata(s.png("dir/x")).unwrap();
     assert_eq!(m.modified().unwrap(), when);

@@ -25,7 +25,7 @@ pub const MAX_METADATA_TEXT: usize = 16 << 20;
 pub const MAX_COMPRESSED_TEXT: u64 = 64 << 20;
 
 /// Keys the format owns; a user key with one of these names is ignored.
-const RESERVED_KEYS: [&str; 12] = [
+pub(crate) const RESERVED_KEYS: [&str; 12] = [
     "format",
     "format_version",
     "grid_size",
@@ -476,6 +476,51 @@ pub fn read_text_chunk(
     Ok(Some((map, b64)))
 }
 
+/// A tEXt chunk's PixelRTS metadata exactly as stored, for rewriting it.
+pub(crate) struct RawText {
+    /// The chunk's keyword (without the NUL).
+    pub keyword: Vec<u8>,
+    /// The JSON text after the magic, a top-level code-mode payload's value cut out (`""`).
+    pub json: Vec<u8>,
+    /// File offset and length of the payload's base64 characters that were cut out.
+    pub b64: Option<(u64, u64)>,
+}
+
+/// Reads a tEXt chunk (CRC checked, streamed) and returns its metadata text unparsed, or None
+/// where it is not PixelRTS metadata. The same recognition as [`read_text_chunk`].
+pub(crate) fn read_text_raw(
+    file: &File,
+    path: &Path,
+    chunk: &ChunkHeader,
+) -> Result<Option<RawText>> {
+    if &chunk.kind != b"tEXt" {
+        return Ok(None);
+    }
+    let head_len = chunk.length.min(80) as usize;
+    let mut head = vec![0u8; head_len];
+    file.read_exact_at(&mut head, chunk.data_offset())
+        .at(path)?;
+    let Some(nul) = head.iter().position(|&b| b == 0) else {
+        return Ok(None);
+    };
+    crate::format::png::verify_chunk_crc_streamed(file, path, chunk)?;
+    let text_start = nul as u64 + 1;
+    let text_offset = chunk.data_offset() + text_start;
+    let mut reader = PositionalReader {
+        file,
+        offset: text_offset,
+        remaining: u64::from(chunk.length) - text_start,
+    };
+    let Some(scanned) = scan_text(&mut reader, path)? else {
+        return Ok(None);
+    };
+    Ok(Some(RawText {
+        keyword: head[..nul].to_vec(),
+        json: scanned.json,
+        b64: scanned.b64.map(|(start, len)| (text_offset + start, len)),
+    }))
+}
+
 fn read_itxt_slow(file: &File, path: &Path, chunk: &ChunkHeader) -> Result<Option<FoundMetadata>> {
     // Language or translated keyword longer than our header read: rare; read the whole chunk.
     let data = crate::format::png::read_chunk_data(file, path, chunk, MAX_METADATA_TEXT as u32)?;
@@ -502,7 +547,7 @@ fn read_itxt_slow(file: &File, path: &Path, chunk: &ChunkHeader) -> Result<Optio
     Ok(Some((parse_json_object(path, &text[MAGIC.len()..])?, None)))
 }
 
-fn parse_json_object(path: &Path, json: &[u8]) -> Result<Map<String, Value>> {
+pub(crate) fn parse_json_object(path: &Path, json: &[u8]) -> Result<Map<String, Value>> {
     match serde_json::from_slice::<Value>(json) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(_) => Err(Error::bad_metadata(path, "metadata JSON is not an object")),

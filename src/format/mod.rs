@@ -4,6 +4,7 @@ pub mod hilbert;
 pub mod index;
 pub mod metadata;
 pub mod png;
+pub mod rewrite;
 pub mod segment;
 
 /// Automatic grid size (FORMAT.md §1): 1 for empty input, else the smallest power of two

@@ -34,8 +34,11 @@
 //!   the encoder's error (errno kept: ENOSPC, EROFS, EIO…). Read-only handles never encode.
 //! - `release`: never encodes (it cannot report errors); a Spooled entry whose flush failed or
 //!   never came stays Spooled, and [`EncodeDir::commit_pending`] or the next flush encodes it.
-//! - `setattr(mode/mtime)`: applied to the spool file while one exists, and to the PNG itself
-//!   when the entry is Committed (the recorded `file_mode`/`file_mtime` stay as committed).
+//! - `setattr(mode/mtime)`: applied to the spool file while one exists. When the entry is
+//!   Committed, the PNG's metadata is rewritten (`format::rewrite`) so that `file_mode` and
+//!   `file_mtime` hold the new values (rsync, `cp -p` and `touch -d` set them after close, i.e.
+//!   after the commit), and the PNG file itself gets them too. The rewrite renames a new file
+//!   over the PNG, so readers that have it open keep the old inode.
 //! - `unlink`: a Spooled entry's spool data and meta are deleted; a Committed entry is only
 //!   forgotten, its PNG stays. Open handles keep working on the now nameless spool inode, and
 //!   their flush encodes nothing.
@@ -101,6 +104,7 @@ use serde_json::{Map, Value};
 
 use crate::encode;
 use crate::error::{Error, IoContext, Result};
+use crate::format;
 use crate::gpu::GpuMode;
 
 mod rename;
@@ -268,6 +272,29 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
 fn set_mtime(path: &Path, mtime: SystemTime) -> Result<()> {
     let f = File::open(path).at(path)?;
     f.set_modified(mtime).at(path)
+}
+
+fn apply_attributes(path: &Path, mode: Option<u32>, mtime: Option<SystemTime>) -> Result<()> {
+    if let Some(m) = mode {
+        fs::set_permissions(path, fs::Permissions::from_mode(m & 0o7777)).at(path)?;
+    }
+    if let Some(t) = mtime {
+        set_mtime(path, t)?;
+    }
+    Ok(())
+}
+
+/// Whole seconds since the epoch, rounded down like `st_mtime` (what the encoder records as
+/// `file_mtime` from the spool file's metadata).
+fn unix_seconds(t: SystemTime) -> i64 {
+    match t.duration_since(SystemTime::UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        Err(e) => {
+            let d = e.duration();
+            let secs = i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+            (-secs).saturating_sub(i64::from(d.subsec_nanos() > 0))
+        }
+    }
 }
 
 impl EncodeDir {
@@ -790,17 +817,18 @@ impl EncodeDir {
             }
             st.dirty = true;
         }
-        let committed_png = if st.dirty { None } else { st.png.clone() };
-        let spool_path = st.spool.then(|| self.data.join(&st.rel));
-        for path in spool_path.iter().chain(committed_png.iter()) {
-            if let Some(m) = mode {
-                fs::set_permissions(path, fs::Permissions::from_mode(m & 0o7777)).at(path)?;
-            }
-            if let Some(t) = mtime {
-                set_mtime(path, t)?;
-            }
+        let committed = !st.dirty && st.png.is_some();
+        if st.spool {
+            apply_attributes(&self.data.join(&st.rel), mode, mtime)?;
         }
-        if committed_png.is_some() {
+        if committed && (mode.is_some() || mtime.is_some()) {
+            // Not under the state lock: the rewrite copies the whole PNG. The io lock we hold
+            // keeps writes, commits and file renames of this entry out meanwhile.
+            drop(st);
+            let png = self.record_attributes(&node, mode, mtime)?;
+            st = lock(&node.state);
+            // The PNG file's own attributes too, for whoever looks at SOURCE directly.
+            apply_attributes(&png, mode, mtime)?;
             if let Some(m) = mode {
                 st.mode = m & 0o7777;
             }
@@ -817,6 +845,74 @@ impl EncodeDir {
         }
         let st = lock(&node.state);
         self.file_attr(&st)
+    }
+
+    /// Rewrites a Committed entry's PNG metadata so `file_mode`/`file_mtime` hold the new
+    /// values: the view shows those, and rsync's quick check compares them, so without this
+    /// every `rsync -a` would copy the file again. The caller holds the entry's io lock.
+    /// Returns where the PNG is now.
+    fn record_attributes(
+        &self,
+        node: &FileNode,
+        mode: Option<u32>,
+        mtime: Option<SystemTime>,
+    ) -> Result<PathBuf> {
+        let update = |m: &mut Map<String, Value>| {
+            if let Some(mode) = mode {
+                m.insert("file_mode".into(), (mode & 0o7777).into());
+            }
+            if let Some(t) = mtime {
+                m.insert("file_mtime".into(), unix_seconds(t).into());
+            }
+        };
+        // A directory rename takes neither this io lock nor waits for it, so it may move the
+        // PNG while it is rewritten; a rewrite that then failed (its folder gone) is tried
+        // again at the new place.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let png = {
+                let st = lock(&node.state);
+                st.png.clone().ok_or_else(|| errno(&st.rel, libc::EIO))?
+            };
+            let result = format::rewrite::rewrite_metadata(&png, update);
+            let tree = lock(&self.tree);
+            let st = lock(&node.state);
+            let now = st.png.clone().unwrap_or_else(|| png.clone());
+            if now == png {
+                return result.map(|()| png);
+            }
+            if result.is_err() {
+                if attempts < 3 {
+                    continue;
+                }
+                return result.map(|()| now);
+            }
+            if fs::symlink_metadata(&png).is_err() {
+                // Nothing at the old name: the rename came after the rewrite and took the new
+                // file along, or the rewrite had nothing to change.
+                return Ok(now);
+            }
+            // Moved after the rewrite began: the rewritten copy landed at the old name and
+            // replaces the moved one (same pixels, old metadata), as a commit does.
+            fs::rename(&png, &now).at(&now)?;
+            if let Some(parent) = now.parent() {
+                sync_dir(parent);
+            }
+            // The old folders, emptied now, would linger in the view (rename_dir could not
+            // remove them while the temporary file was there).
+            let mut dir = png.parent();
+            while let Some(d) = dir {
+                let in_tree = d
+                    .strip_prefix(&self.source)
+                    .map_or(true, |rel| tree.nodes.contains_key(rel));
+                if in_tree || fs::remove_dir(d).is_err() {
+                    break;
+                }
+                dir = d.parent();
+            }
+            return Ok(now);
+        }
     }
 
     pub fn unlink(&self, rel: &Path) -> Result<()> {
@@ -861,6 +957,15 @@ mod tests {
         )
         .unwrap();
         (t, d)
+    }
+
+    #[test]
+    fn unix_seconds_round_down_like_st_mtime() {
+        use std::time::{Duration, UNIX_EPOCH};
+        let ms = Duration::from_millis;
+        assert_eq!(unix_seconds(UNIX_EPOCH + ms(1_500)), 1);
+        assert_eq!(unix_seconds(UNIX_EPOCH - ms(1_500)), -2);
+        assert_eq!(unix_seconds(UNIX_EPOCH - ms(2_000)), -2);
     }
 
     #[test]
