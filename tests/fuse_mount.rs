@@ -875,6 +875,16 @@ fn cp_cat_dd_tee_and_rsync_into_encode_end_as_the_right_pngs() {
     let shown = std::fs::metadata(m.path("tree/a")).unwrap();
     assert_eq!(shown.mtime(), orig.mtime(), "mtime of tree/a");
     assert_eq!(shown.permissions().mode() & 0o777, 0o550, "mode of tree/a");
+    // ... and are in the PNG's metadata, so they survive a remount.
+    m.unmount();
+    m.mount_ok(&["ro"]);
+    let shown = std::fs::metadata(m.path("tree/a")).unwrap();
+    assert_eq!(shown.mtime(), orig.mtime(), "mtime of tree/a after remount");
+    assert_eq!(
+        shown.permissions().mode() & 0o777,
+        0o550,
+        "mode after remount"
+    );
 }
 
 #[test]

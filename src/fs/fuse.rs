@@ -23,7 +23,7 @@ use fuser::{
     ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
-use super::encode_dir::{EncodeDir, EntryAttr, EntryKind, EntryState, Opened};
+use super::encode_dir::{EncodeDir, EntryAttr, EntryKind, Opened};
 use super::view::{self, Entry, Kind, View};
 use super::xattr::{self, SizedReply};
 use crate::error::Error;
@@ -312,22 +312,6 @@ impl PixelFs {
         self.attr(ino, a.kind, a.size, a.mode, a.mtime, a.ctime)
     }
 
-    /// A view entry's attributes. A file committed through this mount's encode directory shows
-    /// its encode entry's mode and mtime: those follow chmod/utimens made after close (which
-    /// `rsync -a` does), while the metadata keeps the values recorded at commit.
-    fn view_entry_attr(&self, rel: &Path, e: &Entry) -> view::Attr {
-        let mut a = e.attr();
-        if let (Entry::File { png, .. }, Some(d)) = (e, self.encode_dir()) {
-            if let Ok(ea) = d.getattr(rel) {
-                if matches!(&ea.state, EntryState::Committed { png: p } if p == png) {
-                    a.mode = ea.mode & 0o555;
-                    a.mtime = ea.mtime;
-                }
-            }
-        }
-        a
-    }
-
     fn encode_attr(&self, ino: u64, a: &EntryAttr) -> FileAttr {
         let kind = match a.kind {
             EntryKind::Dir => Kind::Dir,
@@ -356,7 +340,7 @@ impl PixelFs {
         let (area, rel) = self.path_of(ino)?;
         match area {
             Area::View => match self.view.entry(&rel) {
-                Ok(e) => Ok(self.view_attr(ino, &self.view_entry_attr(&rel, &e))),
+                Ok(e) => Ok(self.view_attr(ino, &e.attr())),
                 Err(e) => Err(self.fail("getattr", &rel, &e)),
             },
             Area::Encode => {
@@ -381,7 +365,7 @@ impl PixelFs {
                     .view
                     .lookup(&dir, name)
                     .map_err(|e| self.fail("lookup", &dir.join(name), &e))?;
-                let a = self.view_entry_attr(&dir.join(name), &entry);
+                let a = entry.attr();
                 let ino = self.nodes_mut().get_or_insert(parent, name, a.kind);
                 Ok(self.view_attr(ino, &a))
             }
@@ -469,15 +453,9 @@ impl PixelFs {
                         });
                     }
                 }
-                let entries: Vec<(OsString, view::Attr)> = entries
-                    .into_iter()
-                    .map(|(name, e)| {
-                        let a = self.view_entry_attr(&rel.join(&name), &e);
-                        (name, a)
-                    })
-                    .collect();
                 let mut nodes = self.nodes_mut();
-                for (name, a) in entries {
+                for (name, e) in entries {
+                    let a = e.attr();
                     let child = nodes.get_or_insert(ino, &name, a.kind);
                     items.push(DirItem {
                         attr: Some(self.view_attr(child, &a)),
