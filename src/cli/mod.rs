@@ -77,7 +77,7 @@ enum Command {
     /// Mount a folder of .rts.png files: each appears as its decoded file; files written to
     /// MOUNTPOINT/encode/ become .rts.png files in SOURCE when closed.
     #[command(
-        after_help = "Examples:\n  pixelrts mount ~/images /mnt/rts                 # returns once mounted\n  pixelrts mount ~/images /mnt/rts -o ro,allow_other -f\n  mount -t fuse.pixelrts ~/images /mnt/rts -o cache_size=1G   # via mount.fuse3\n  pixelrts umount /mnt/rts"
+        after_help = "Examples:\n  pixelrts mount ~/images /mnt/rts                 # returns once mounted\n  pixelrts mount ~/images /mnt/rts -o ro,allow_other -f\n  mount -t fuse.pixelrts ~/images /mnt/rts -o cache_size=1G   # via mount.fuse3\n  pixelrts umount /mnt/rts\n\nA background mount logs nowhere unless PIXELRTS_LOG_FILE=FILE is set (PIXELRTS_LOG=debug for more).\nSIGTERM or SIGINT unmounts and exits 0; with $NOTIFY_SOCKET set, READY=1 is sent once mounted."
     )]
     Mount(mount_cmd::MountArgs),
     /// Unmount a pixelrts mount (fusermount3 -u; umount(2) as root).

@@ -39,7 +39,7 @@ const BUSY_EXIT_WAIT: Duration = Duration::from_secs(2);
 pub struct MountArgs {
     /// Folder holding the .rts.png files.
     pub source: PathBuf,
-    /// Empty folder to mount on.
+    /// Folder to mount on.
     pub mountpoint: PathBuf,
     /// Mount options, comma-separated; repeatable. ro, allow_other, allow_root, auto_unmount,
     /// default_permissions, encode_dir=NAME (default encode), cache_size=SIZE (default 256M),
