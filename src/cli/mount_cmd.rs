@@ -101,8 +101,12 @@ pub fn helper_call(args: &[OsString]) -> Option<Result<HelperCall, String>> {
     if !as_helper {
         let first = args.get(1)?.to_str().unwrap_or("");
         let second = args.get(2)?;
+        // A mistyped subcommand (`pixelrts encod a b`) is not a mount: the convention needs a
+        // SOURCE that looks like a path.
+        let looks_like_path = first.contains('/') || Path::new(&args[1]).exists();
         if first.starts_with('-')
             || SUBCOMMANDS.contains(&first)
+            || !looks_like_path
             || second.to_string_lossy().starts_with('-')
         {
             return None;
@@ -424,6 +428,7 @@ mod tests {
         assert!(helper_call(&os(&["pixelrts", "decode", "a", "b"])).is_none());
         assert!(helper_call(&os(&["pixelrts", "--help"])).is_none());
         assert!(helper_call(&os(&["pixelrts", "x"])).is_none());
+        assert!(helper_call(&os(&["pixelrts", "encod", "a", "b"])).is_none());
         let c = helper_call(&os(&["pixelrts", "/s", "/m", "-o", "ro,allow_other"]))
             .unwrap()
             .unwrap();
