@@ -1065,3 +1065,61 @@ fn a_dead_mount_is_reported_busy_and_can_be_unmounted() {
     let out = pixelrts(&["umount".as_ref(), m.mp.as_os_str()]);
     assert_clean_failure(&out, "umount of nothing", "mnt", &["not mounted"]);
 }
+
+#[test]
+fn encode_dir_namespace_operations() {
+    let m = Mounted::new(&[]);
+    let enc = m.path("encode");
+    let mp = m.mp.clone();
+    let src = m.src.clone();
+    timed("namespace operations", WAIT, move || {
+        let code = |r: std::io::Result<()>| r.err().and_then(|e| e.raw_os_error());
+        std::fs::create_dir_all(enc.join("a/b")).unwrap();
+        std::fs::write(enc.join("a/b/f"), b"nested").unwrap();
+        assert_eq!(std::fs::read(mp.join("a/b/f")).unwrap(), b"nested");
+        // Renaming a folder moves its committed PNGs in SOURCE.
+        std::fs::rename(enc.join("a"), enc.join("z")).unwrap();
+        assert_eq!(std::fs::read(enc.join("z/b/f")).unwrap(), b"nested");
+        assert!(src.join("z/b/f.rts.png").is_file());
+        assert!(!src.join("a/b/f.rts.png").exists());
+        // Unlink forgets the encode entry; the PNG (the user's data) stays.
+        std::fs::remove_file(enc.join("z/b/f")).unwrap();
+        assert!(!enc.join("z/b/f").exists());
+        assert!(src.join("z/b/f.rts.png").is_file());
+        std::fs::remove_dir(enc.join("z/b")).unwrap();
+        // Not supported here: special files, links, foreign owners; across view and encode.
+        let fifo =
+            std::ffi::CString::new(enc.join("fifo").into_os_string().into_encoded_bytes()).unwrap();
+        // SAFETY: mkfifo with a valid C path.
+        let r = unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) };
+        assert_eq!(
+            (r, std::io::Error::last_os_error().raw_os_error()),
+            (-1, Some(libc::EPERM))
+        );
+        assert_eq!(
+            code(std::os::unix::fs::symlink("x", enc.join("l"))),
+            Some(libc::EPERM)
+        );
+        std::fs::write(enc.join("g"), b"g").unwrap();
+        assert_eq!(
+            code(std::os::unix::fs::chown(enc.join("g"), Some(12345), None)),
+            Some(libc::EPERM)
+        );
+        // SAFETY: getuid/getgid cannot fail.
+        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        std::os::unix::fs::chown(enc.join("g"), Some(uid), Some(gid)).unwrap();
+        assert_eq!(
+            code(std::fs::rename(enc.join("g"), mp.join("g2"))),
+            Some(libc::EXDEV)
+        );
+        assert_eq!(
+            code(std::fs::rename(mp.join("g"), enc.join("g3"))),
+            Some(libc::EXDEV)
+        );
+        assert_eq!(code(std::fs::remove_dir(&enc)), Some(libc::EROFS));
+        assert_eq!(
+            code(std::fs::rename(&enc, mp.join("e2"))),
+            Some(libc::EROFS)
+        );
+    });
+}

@@ -748,16 +748,25 @@ impl Filesystem for PixelFs {
         }
         match self.create_file(parent.0, name, mode, umask, libc::O_EXCL) {
             Ok((a, fh, _)) => {
+                // mknod is create + close: flush commits the empty file like `touch` does, so
+                // nothing is left pending, and its error is mknod's.
+                let mut result = Ok(());
                 if let Some((h, rel)) = self.encode_handle(fh) {
                     lock(&self.handles).remove(&fh);
                     if let Some(d) = self.encode_dir() {
+                        result = d.flush(h).map_err(|e| self.fail("mknod", &rel, &e));
                         if let Err(e) = d.release(h) {
                             self.fail("mknod", &rel, &e);
                         }
                     }
                 }
-                self.nodes_mut().add_lookup(a.ino.0);
-                reply.entry(&TTL, &a, Generation(0));
+                match result {
+                    Ok(()) => {
+                        self.nodes_mut().add_lookup(a.ino.0);
+                        reply.entry(&TTL, &a, Generation(0));
+                    }
+                    Err(e) => reply.error(e),
+                }
             }
             Err(e) => reply.error(e),
         }
