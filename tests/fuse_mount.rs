@@ -3,7 +3,8 @@
 //! the mount process even when the test fails. Anything that could block on the filesystem
 //! runs under a timeout.
 //!
-//! Needs /dev/fuse and fusermount3 (root, or a user allowed to mount FUSE).
+//! Needs root (tmpfs and bind mounts for the failure cases), /dev/fuse, fusermount3 and
+//! mount.fuse3 (fuse3), getfattr/setfattr (attr), rsync, cmp, and python3 with Pillow.
 mod common;
 
 use std::ffi::OsStr;
