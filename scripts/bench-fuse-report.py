@@ -166,6 +166,7 @@ def main():
         p50, p99 = num(f"lat_{phase}_p50_us"), num(f"lat_{phase}_p99_us")
         rec = new_record(f"fuse_random_read_{n}B_{phase}_{sl}", n, a.version,
                          {**common, "mode": f"fuse-{phase}", "reads": int(r["lat_reads"]),
+                          "kernel_readahead": r.get("lat_readahead") == "1",
                           f"{phase}_p99_us": p99, "file_size": size})
         rec["metadata"]["iterations"] = int(r["lat_reads"])
         timed(rec, p50 / 1e6, n)
@@ -207,7 +208,8 @@ def main():
     print(f"  sizes on disk: .rts.png {int(r['png_bytes']) / MiB:.1f} MiB"
           + (f", squashfs (gzip) {int(r['sqfs_bytes']) / MiB:.1f} MiB" if has("sqfs_bytes") else ""))
     print()
-    print(f"Random {n} B reads through the mount ({r['lat_reads']} reads, {label(size)} file):")
+    print(f"Random {n} B reads through the mount ({r['lat_reads']} reads, {label(size)} file, "
+          + ("kernel readahead on" if r.get("lat_readahead") == "1" else "POSIX_FADV_RANDOM") + "):")
     for phase, what in (("cold", "cold (fresh mount)"), ("warm", "warm (second pass)")):
         print(f"  {what:20}  p50 {num(f'lat_{phase}_p50_us'):9.1f} us   "
               f"p99 {num(f'lat_{phase}_p99_us'):9.1f} us")
