@@ -10,12 +10,17 @@
 //! deliberately broken copies through the same check, so a change in systemd's wording that made
 //! the filter blind would fail here rather than pass silently.
 //!
+//! `service_execstart_behaves_as_type_notify` runs the unit's ExecStart= line itself, as systemd
+//! would (NOTIFY_SOCKET, SIGTERM); it is skipped without /dev/fuse, fusermount3 or `pixelrts mount`.
+//!
 //! Without systemd-analyze the verify tests print "skipped: ..." and pass;
 //! PIXELRTS_REQUIRE_SYSTEMD_ANALYZE=1 turns that skip into a failure.
 
 mod common;
 
+use std::ffi::OsString;
 use std::fs;
+use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -234,4 +239,162 @@ fn service_contract() {
     let m = read_unit(MOUNT);
     assert_eq!(directive(&m, "Type"), ["fuse.pixelrts"]);
     assert_eq!(directive(&m, "Where"), ["/mnt/rts"]);
+}
+
+fn mounted(mp: &Path) -> bool {
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    info.lines()
+        .any(|l| l.split(' ').nth(4) == Some(mp.to_str().unwrap()))
+}
+
+/// Unmounts and kills what the test started, also when it panics.
+struct MountGuard {
+    mp: PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl Drop for MountGuard {
+    fn drop(&mut self) {
+        if mounted(&self.mp) {
+            let _ = Command::new("fusermount3")
+                .args(["-u", "-z"])
+                .arg(&self.mp)
+                .status();
+        }
+        if let Some(c) = &mut self.child {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Runs the service's ExecStart= line the way systemd would (environment expanded, %f the mount
+/// point, $NOTIFY_SOCKET set) and checks the Type=notify contract: READY=1 arrives once the mount
+/// serves the decoded file, and SIGTERM (KillSignal=) unmounts and exits 0, so Restart=on-failure
+/// does not restart a stopped service.
+#[test]
+fn service_execstart_behaves_as_type_notify() {
+    let test = "service_execstart_behaves_as_type_notify";
+    let skip = |why: &str| println!("{test}: skipped: {why}");
+    if !Path::new("/dev/fuse").exists() {
+        return skip("no /dev/fuse");
+    }
+    if Command::new("fusermount3").arg("-V").output().is_err() {
+        return skip("fusermount3 not installed (Debian: fuse3)");
+    }
+    if !common::run(["mount", "--help"]).status.success() {
+        return skip("this build has no `pixelrts mount`");
+    }
+
+    let unit = read_unit(SERVICE);
+    let options = directive(&unit, "Environment")
+        .iter()
+        .find_map(|e| e.strip_prefix("OPTIONS="))
+        .expect("Environment=OPTIONS=... default in the service")
+        .to_string();
+    let exec = directive(&unit, "ExecStart")[0].to_string();
+
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().canonicalize().unwrap();
+    let (src, mp) = (root.join("source"), root.join("mnt"));
+    fs::create_dir_all(&src).unwrap();
+    fs::create_dir_all(&mp).unwrap();
+    let data = common::prng_bytes(300_000, 7);
+    fs::write(root.join("x.bin"), &data).unwrap();
+    common::run_ok([
+        OsString::from("encode"),
+        root.join("x.bin").into(),
+        src.join("x.bin.rts.png").into(),
+        "--no-sidecar".into(),
+    ]);
+
+    // What systemd executes: its own expansion of ${SOURCE}, %f and ${OPTIONS}.
+    let argv: Vec<OsString> = exec
+        .split_whitespace()
+        .skip(1)
+        .map(|w| match w {
+            "${SOURCE}" => src.clone().into_os_string(),
+            "%f" => mp.clone().into_os_string(),
+            "${OPTIONS}" => options.clone().into(),
+            other => other.into(),
+        })
+        .collect();
+    let sock_path = root.join("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_millis(200)))
+        .unwrap();
+    let log = fs::File::create(root.join("mount.log")).unwrap();
+    let child = Command::new(common::bin())
+        .args(&argv)
+        .env("NOTIFY_SOCKET", &sock_path)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut guard = MountGuard {
+        mp: mp.clone(),
+        child: Some(child),
+    };
+    let log_text = || fs::read_to_string(root.join("mount.log")).unwrap_or_default();
+
+    // Wait for the notification, failing at once if the process exits without sending it.
+    let mut buf = [0u8; 4096];
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let n = loop {
+        match sock.recv(&mut buf) {
+            Ok(n) => break n,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(e) => panic!("receiving on NOTIFY_SOCKET: {e}"),
+        }
+        if let Some(status) = guard.child.as_mut().unwrap().try_wait().unwrap() {
+            panic!(
+                "{argv:?} exited ({status}) without READY=1; it logged:\n{}",
+                log_text()
+            );
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no READY=1 within 60 s; {argv:?} logged:\n{}",
+            log_text()
+        );
+    };
+    let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(
+        msg.lines().any(|l| l == "READY=1"),
+        "sd_notify message {msg:?}"
+    );
+    assert!(
+        mounted(&mp),
+        "READY=1 sent before {} was mounted",
+        mp.display()
+    );
+    assert_eq!(
+        fs::read(mp.join("x.bin")).unwrap(),
+        data,
+        "decoded file through the mount"
+    );
+
+    let child = guard.child.as_mut().unwrap();
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still running 30 s after SIGTERM; log:\n{}",
+            log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    guard.child = None;
+    assert!(
+        status.success(),
+        "exit after SIGTERM: {status:?}; log:\n{}",
+        log_text()
+    );
+    assert!(!mounted(&mp), "still mounted after SIGTERM");
 }
