@@ -6,9 +6,9 @@
 //! complain about things that have nothing to do with our files (no D-Bus, no running manager,
 //! a missing system unit); its exit status is not reliable either way (an unknown directive only
 //! prints a warning and still exits 0). So the verdict is: any line that names one of our unit
-//! files or units fails the test, every other line is printed and ignored. The last test feeds
+//! files or units fails the test, every other line is printed and ignored. A second test feeds
 //! deliberately broken copies through the same check, so a change in systemd's wording that made
-//! the filter blind would fail here rather than pass silently.
+//! the filter blind would fail `verify_check_catches_real_mistakes` rather than pass silently.
 //!
 //! `service_execstart_behaves_as_type_notify` runs the unit's ExecStart= line itself, as systemd
 //! would (NOTIFY_SOCKET, SIGTERM); it is skipped without /dev/fuse, fusermount3 or `pixelrts mount`.
