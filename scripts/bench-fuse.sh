@@ -88,9 +88,13 @@ if [ $# -ge 1 ]; then
     work=$(realpath "$1")
     own_work=0
 else
-    work=$(mktemp -d "${TMPDIR:-/var/tmp}/bench-fuse.XXXXXX")
+    work=$(realpath "$(mktemp -d "${TMPDIR:-/var/tmp}/bench-fuse.XXXXXX")")
     own_work=1
 fi
+# /proc/self/mounts escapes whitespace, and is_mounted below compares paths as they are.
+case $work in
+    *[[:space:]]*) die "WORK_DIR must not contain whitespace: '$work'" ;;
+esac
 src=$work/source            # SOURCE of the pixelrts mount: only .rts.png files
 mnt=$work/mnt               # pixelrts mount point
 sqmnt=$work/sqmnt           # squashfuse mount point
@@ -123,6 +127,12 @@ unmount() {
         kill -TERM "$pid" 2>/dev/null || true
     fi
     wait "$pid" 2>/dev/null || true
+    # Reaped: forget it, so the cleanup never signals a pid the system has reused.
+    local left=() p
+    for p in "${pids[@]}"; do
+        [ "$p" = "$pid" ] || left+=("$p")
+    done
+    pids=("${left[@]}")
 }
 
 # shellcheck disable=SC2317  # reached through the EXIT trap
