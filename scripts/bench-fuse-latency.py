@@ -14,7 +14,9 @@ later "random" reads hit pages fetched for earlier ones and the cold numbers mea
 rather than a 4 KiB read. --readahead keeps the kernel's default behaviour.
 
 Prints one JSON object: {"reads", "size", "cold_p50_us", "cold_p99_us", "warm_p50_us",
-"warm_p99_us", "mismatches"}; exits 1 if any block differs from the original.
+"warm_p99_us", "mismatches", "readahead"}, or with --kv one `lat_<key> <value>` line per key
+(the results file format of scripts/bench-fuse.sh); exits 1 if any block differs from the
+original.
 """
 import argparse
 import json
@@ -52,6 +54,7 @@ def main():
     ap.add_argument("--seed", type=int, default=4)
     ap.add_argument("--readahead", action="store_true",
                     help="keep kernel readahead (no POSIX_FADV_RANDOM)")
+    ap.add_argument("--kv", action="store_true", help="print `lat_<key> <value>` lines")
     a = ap.parse_args()
 
     length = os.stat(a.file).st_size
@@ -78,7 +81,7 @@ def main():
     finally:
         os.close(ofd)
 
-    print(json.dumps({
+    result = {
         "reads": a.reads,
         "size": a.size,
         "cold_p50_us": percentile(cold, 50),
@@ -86,8 +89,13 @@ def main():
         "warm_p50_us": percentile(warm, 50),
         "warm_p99_us": percentile(warm, 99),
         "mismatches": mismatches,
-        "readahead": a.readahead,
-    }))
+        "readahead": int(a.readahead),
+    }
+    if a.kv:
+        for k, v in result.items():
+            print(f"lat_{k} {v}")
+    else:
+        print(json.dumps(result))
     return 1 if mismatches else 0
 
 
