@@ -617,16 +617,15 @@ fn cli_cat_writes_ranges_and_names_bad_files() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/y.rts.png"));
 }
 
-#[test]
-fn sequential_reads_read_ahead_the_aligned_block_and_random_reads_do_not() {
-    let f = fixtures();
-    let case = f
+/// A reader with its own empty cache over the fixture with 16-pixel tiles (293 tiles of 1 KiB).
+fn small_tile_reader() -> (&'static Case, Arc<TileCache>, Reader) {
+    let case = fixtures()
         .cases
         .iter()
         .find(|c| c.name == "ours_t16_300000.rts.png")
         .unwrap();
     let cache = Arc::new(TileCache::default());
-    let r = Reader::open(
+    let reader = Reader::open(
         &case.path,
         &ReaderOptions {
             cache: cache.clone(),
@@ -634,6 +633,12 @@ fn sequential_reads_read_ahead_the_aligned_block_and_random_reads_do_not() {
         },
     )
     .unwrap();
+    (case, cache, reader)
+}
+
+#[test]
+fn sequential_reads_read_ahead_the_aligned_block_and_random_reads_do_not() {
+    let (case, cache, r) = small_tile_reader();
     let tb = r.tile_bytes() as usize;
     let mut buf = vec![0u8; tb];
     // Not sequential (first read): only tile 0 is decoded.
@@ -655,22 +660,8 @@ fn sequential_reads_read_ahead_the_aligned_block_and_random_reads_do_not() {
 
 #[test]
 fn threads_missing_the_same_tile_decode_it_once() {
-    let f = fixtures();
-    let case = f
-        .cases
-        .iter()
-        .find(|c| c.name == "ours_t16_300000.rts.png")
-        .unwrap();
     for round in 0..20u64 {
-        let cache = Arc::new(TileCache::default());
-        let r = Reader::open(
-            &case.path,
-            &ReaderOptions {
-                cache: cache.clone(),
-                checkpoint_dir: None,
-            },
-        )
-        .unwrap();
+        let (case, cache, r) = small_tile_reader();
         let tb = r.tile_bytes();
         let barrier = std::sync::Barrier::new(8);
         std::thread::scope(|s| {

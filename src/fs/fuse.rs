@@ -487,6 +487,31 @@ impl PixelFs {
     }
 
     /// The area and relative path of a child for a modifying operation: EROFS in the view.
+    /// unlink / rmdir in the encode directory: `remove` does it, then the name is forgotten.
+    fn remove_child(
+        &self,
+        what: &str,
+        parent: u64,
+        name: &OsStr,
+        reply: ReplyEmpty,
+        remove: impl FnOnce(&EncodeDir, &Path) -> Result<(), Error>,
+    ) {
+        let rel = match self.writable_child(what, parent, name) {
+            Ok(r) => r,
+            Err(e) => return reply.error(e),
+        };
+        let Some(d) = self.encode_dir() else {
+            return reply.error(Errno::EROFS);
+        };
+        match remove(d, &rel) {
+            Ok(()) => {
+                self.nodes_mut().unlink(parent, name);
+                reply.ok()
+            }
+            Err(e) => reply.error(self.fail(what, &rel, &e)),
+        }
+    }
+
     fn writable_child(&self, op: &str, parent: u64, name: &OsStr) -> Result<PathBuf, Errno> {
         let (area, rel) = self.child_path(parent, name)?;
         if area == Area::View || self.read_only || self.is_encode_root_name(parent, name) {
@@ -799,37 +824,11 @@ impl Filesystem for PixelFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let rel = match self.writable_child("unlink", parent.0, name) {
-            Ok(r) => r,
-            Err(e) => return reply.error(e),
-        };
-        let Some(d) = self.encode_dir() else {
-            return reply.error(Errno::EROFS);
-        };
-        match d.unlink(&rel) {
-            Ok(()) => {
-                self.nodes_mut().unlink(parent.0, name);
-                reply.ok()
-            }
-            Err(e) => reply.error(self.fail("unlink", &rel, &e)),
-        }
+        self.remove_child("unlink", parent.0, name, reply, EncodeDir::unlink);
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let rel = match self.writable_child("rmdir", parent.0, name) {
-            Ok(r) => r,
-            Err(e) => return reply.error(e),
-        };
-        let Some(d) = self.encode_dir() else {
-            return reply.error(Errno::EROFS);
-        };
-        match d.rmdir(&rel) {
-            Ok(()) => {
-                self.nodes_mut().unlink(parent.0, name);
-                reply.ok()
-            }
-            Err(e) => reply.error(self.fail("rmdir", &rel, &e)),
-        }
+        self.remove_child("rmdir", parent.0, name, reply, EncodeDir::rmdir);
     }
 
     fn symlink(
