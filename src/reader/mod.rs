@@ -33,7 +33,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rayon::prelude::*;
@@ -108,9 +108,12 @@ pub struct Reader {
     grid: u64,
     key: FileKey,
     cache: Arc<TileCache>,
-    backend: Backend,
+    /// Shared with the background read-ahead jobs of this reader.
+    backend: Arc<Backend>,
     /// Where the last read ended: a read starting there is sequential (readahead).
     last_end: AtomicU64,
+    /// Whether a background read-ahead of this reader is running (one at a time).
+    reading_ahead: Arc<AtomicBool>,
 }
 
 enum Backend {
@@ -250,8 +253,9 @@ impl Reader {
             grid,
             key,
             cache: opts.cache.clone(),
-            backend,
+            backend: Arc::new(backend),
             last_end: AtomicU64::new(u64::MAX),
+            reading_ahead: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -276,7 +280,7 @@ impl Reader {
 
     /// Which kind of file this is.
     pub fn kind(&self) -> ReaderKind {
-        match &self.backend {
+        match &*self.backend {
             Backend::Empty => ReaderKind::Empty,
             Backend::Seekable { .. } => ReaderKind::Seekable,
             Backend::Base64File { .. } | Backend::Base64Inline(_) => ReaderKind::Code,
@@ -286,7 +290,7 @@ impl Reader {
 
     /// Bytes of payload per tile (0 for files not read by tiles).
     pub fn tile_bytes(&self) -> u64 {
-        match &self.backend {
+        match &*self.backend {
             Backend::Seekable { tile_bytes, .. } => *tile_bytes,
             Backend::Plain(p) => p.tile_bytes,
             _ => 0,
@@ -311,7 +315,7 @@ impl Reader {
         }
         let n = (self.len - offset).min(buf.len() as u64) as usize;
         let buf = &mut buf[..n];
-        match &self.backend {
+        match &*self.backend {
             Backend::Empty => return Ok(0),
             Backend::Base64Inline(bytes) => {
                 buf.copy_from_slice(&bytes[offset as usize..offset as usize + n]);
@@ -419,22 +423,54 @@ impl Reader {
         Ok(())
     }
 
-    /// Decodes and caches the rest of the aligned block of [`READAHEAD_TILES`] tiles after
-    /// tile `last` of a seekable file. Best effort: a damaged tile fails the read that needs
-    /// it, not the one before it.
+    /// Read-ahead of a sequential read that ended in tile `last` of a seekable file: decodes
+    /// and caches the rest of its aligned block of [`READAHEAD_TILES`] tiles now (when a
+    /// background job has not already), and starts a background job for the next block, so
+    /// that decoding block B+1 overlaps the caller's use of block B (under a mount, the
+    /// kernel copying it out). Best effort: a damaged tile fails the read that needs it, not
+    /// the one before it.
     fn read_ahead(&self, tile_bytes: u64, last: u64) {
-        if !matches!(self.backend, Backend::Seekable { .. }) {
+        if !matches!(*self.backend, Backend::Seekable { .. }) {
             return;
         }
         let tiles = self.len.div_ceil(tile_bytes);
         let block_end = ((last / READAHEAD_TILES + 1) * READAHEAD_TILES).min(tiles);
-        // One probe, not sixteen: the block's last tile is cached when the block was read ahead.
-        if block_end <= last + 1 || self.cache.peek(&self.tile_key(block_end - 1)).is_some() {
-            return;
+        // One probe, not 64: a block's last tile is cached once the block was read ahead.
+        let block_cached = |end: u64| self.cache.peek(&self.tile_key(end - 1)).is_some();
+        if block_end > last + 1 && !block_cached(block_end) {
+            let ahead: Vec<u64> = (last + 1..block_end).collect();
+            if let Err(e) = self.tiles(&ahead) {
+                tracing::debug!("read-ahead: {e}");
+            }
         }
-        let ahead: Vec<u64> = (last + 1..block_end).collect();
-        if let Err(e) = self.tiles(&ahead) {
-            tracing::debug!("read-ahead: {e}");
+        let next_end = (block_end + READAHEAD_TILES).min(tiles);
+        if next_end > block_end
+            && !block_cached(next_end)
+            && !self.reading_ahead.swap(true, Ordering::AcqRel)
+        {
+            let shared = self.share();
+            rayon::spawn(move || {
+                let ahead: Vec<u64> = (block_end..next_end).collect();
+                if let Err(e) = shared.tiles(&ahead) {
+                    tracing::debug!("read-ahead: {e}");
+                }
+                shared.reading_ahead.store(false, Ordering::Release);
+            });
+        }
+    }
+
+    /// Another handle on this reader's file, tables and cache (cheap: the backend is shared),
+    /// for background jobs that outlive a `&self` borrow.
+    fn share(&self) -> Reader {
+        Reader {
+            path: self.path.clone(),
+            len: self.len,
+            grid: self.grid,
+            key: self.key,
+            cache: self.cache.clone(),
+            backend: self.backend.clone(),
+            last_end: AtomicU64::new(u64::MAX),
+            reading_ahead: self.reading_ahead.clone(),
         }
     }
 
@@ -492,7 +528,7 @@ impl Reader {
         if missing.is_empty() {
             return Ok(());
         }
-        match &self.backend {
+        match &*self.backend {
             Backend::Seekable {
                 image,
                 tile_bytes,
