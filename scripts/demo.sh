@@ -47,6 +47,13 @@ cmp "$input" "$work/demo.out"
 ls -l "$input" "$work/demo.bin.rts.png"
 echo "codec OK: $(wc -c <"$input") bytes round-tripped through $(wc -c <"$work/demo.bin.rts.png") bytes of PNG"
 
+if ! command -v fusermount3 >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+    echo "== installing fuse3 (for the mount part)"
+    SUDO=""
+    [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends fuse3 >/dev/null \
+        || echo "could not install fuse3"
+fi
 if [ ! -c /dev/fuse ] || ! command -v fusermount3 >/dev/null 2>&1; then
     echo "mount part skipped: needs /dev/fuse and fusermount3 (apt-get install fuse3)"
     exit 0
