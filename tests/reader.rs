@@ -694,3 +694,25 @@ fn threads_missing_the_same_tile_decode_it_once() {
         );
     }
 }
+
+#[test]
+fn no_read_ahead_into_a_cache_too_small_to_keep_it() {
+    let (case, _, _) = small_tile_reader();
+    // Room for 100 tiles of 1 KiB: less than two 64-tile blocks.
+    let cache = Arc::new(TileCache::new(100 * 1024));
+    let r = Reader::open(
+        &case.path,
+        &ReaderOptions {
+            cache: cache.clone(),
+            checkpoint_dir: None,
+        },
+    )
+    .unwrap();
+    let tb = r.tile_bytes() as usize;
+    let mut buf = vec![0u8; tb];
+    r.read_at(0, &mut buf).unwrap();
+    r.read_at(tb as u64, &mut buf).unwrap();
+    assert_eq!(buf[..], case.data[tb..2 * tb]);
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    assert_eq!(cache.stats().entries, 2, "read only what was asked");
+}

@@ -433,6 +433,11 @@ impl Reader {
         if !matches!(*self.backend, Backend::Seekable { .. }) {
             return;
         }
+        // A cache too small for the blocks ahead would evict them before they are read.
+        let block_bytes = READAHEAD_TILES * tile_bytes;
+        if self.cache.budget() < 2 * block_bytes {
+            return;
+        }
         let tiles = self.len.div_ceil(tile_bytes);
         let block_end = ((last / READAHEAD_TILES + 1) * READAHEAD_TILES).min(tiles);
         // One probe, not 64: a block's last tile is cached once the block was read ahead.
@@ -445,6 +450,7 @@ impl Reader {
         }
         let next_end = (block_end + READAHEAD_TILES).min(tiles);
         if next_end > block_end
+            && self.cache.budget() >= 4 * block_bytes
             && !block_cached(next_end)
             && !self.reading_ahead.swap(true, Ordering::AcqRel)
         {
