@@ -716,3 +716,49 @@ fn no_read_ahead_into_a_cache_too_small_to_keep_it() {
     std::thread::sleep(std::time::Duration::from_millis(50));
     assert_eq!(cache.stats().entries, 2, "read only what was asked");
 }
+
+/// Regression: a background read-ahead job on a rayon worker waited for a tile that a mount
+/// thread was decoding, while that thread's decode job sat below it on the same worker's stack
+/// (`cp` out of a mount hung). Read-ahead never waits now, and rayon workers never block on a
+/// tile another thread holds.
+#[test]
+fn concurrent_sequential_readers_with_read_ahead_do_not_deadlock() {
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for round in 0..30 {
+            let (case, _, r) = small_tile_reader();
+            let tb = r.tile_bytes() as usize;
+            let r = &r;
+            std::thread::scope(|s| {
+                // Plain threads, like a mount's: sequential readers on one reader, staggered.
+                for t in 0..4usize {
+                    s.spawn(move || {
+                        let mut buf = vec![0u8; 3 * tb + 17];
+                        let mut off = (t * 5 * tb) as u64;
+                        while off < case.data.len() as u64 {
+                            let n = r.read_at(off, &mut buf).unwrap();
+                            assert_eq!(buf[..n], case.data[off as usize..off as usize + n]);
+                            off += n as u64;
+                        }
+                    });
+                }
+                // And a reader inside the rayon pool, where read-ahead jobs run too.
+                s.spawn(move || {
+                    rayon::scope(|_| {
+                        let mut buf = vec![0u8; 2 * tb];
+                        let mut off = (round % 7 * tb) as u64;
+                        while off < case.data.len() as u64 {
+                            let n = r.read_at(off, &mut buf).unwrap();
+                            assert_eq!(buf[..n], case.data[off as usize..off as usize + n]);
+                            off += n as u64;
+                        }
+                    });
+                });
+            });
+        }
+        let _ = done_tx.send(());
+    });
+    done_rx
+        .recv_timeout(std::time::Duration::from_secs(120))
+        .expect("readers deadlocked");
+}

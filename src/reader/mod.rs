@@ -33,7 +33,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rayon::prelude::*;
@@ -58,6 +58,8 @@ const BATCH_TILES: usize = 64;
 /// thread: 1.40 s without readahead, 0.87 s with 16-tile blocks, 0.72 s with 64 (`decode`:
 /// 0.68 s).
 const READAHEAD_TILES: u64 = 64;
+/// How many recent reads' ends a read may start at to count as sequential.
+const RECENT_ENDS: usize = 8;
 /// Longest run of adjacent tiles decoded with one read per scanline.
 const MAX_RUN_TILES: usize = 8;
 
@@ -110,8 +112,10 @@ pub struct Reader {
     cache: Arc<TileCache>,
     /// Shared with the background read-ahead jobs of this reader.
     backend: Arc<Backend>,
-    /// Where the last read ended: a read starting there is sequential (readahead).
-    last_end: AtomicU64,
+    /// Where the last few reads ended: a read starting at one of them is sequential
+    /// (read-ahead).
+    recent_ends: [AtomicU64; RECENT_ENDS],
+    next_end_slot: AtomicUsize,
     /// Whether a background read-ahead of this reader is running (one at a time).
     reading_ahead: Arc<AtomicBool>,
 }
@@ -254,7 +258,8 @@ impl Reader {
             key,
             cache: opts.cache.clone(),
             backend: Arc::new(backend),
-            last_end: AtomicU64::new(u64::MAX),
+            recent_ends: std::array::from_fn(|_| AtomicU64::new(u64::MAX)),
+            next_end_slot: AtomicUsize::new(0),
             reading_ahead: Arc::new(AtomicBool::new(false)),
         })
     }
@@ -405,7 +410,15 @@ impl Reader {
         let end = offset + buf.len() as u64;
         let first = offset / tile_bytes;
         let last = (end - 1) / tile_bytes;
-        let sequential = self.last_end.swap(end, Ordering::Relaxed) == offset;
+        // Sequential: starts where one of the last few reads ended. Not only the last one: a
+        // mount serves the kernel's read-ahead requests on several threads, so consecutive
+        // ranges arrive slightly out of order.
+        let sequential = self
+            .recent_ends
+            .iter()
+            .any(|e| e.load(Ordering::Relaxed) == offset);
+        let slot = self.next_end_slot.fetch_add(1, Ordering::Relaxed) % RECENT_ENDS;
+        self.recent_ends[slot].store(end, Ordering::Relaxed);
         let js: Vec<u64> = (first..=last).collect();
         for batch in js.chunks(BATCH_TILES) {
             let tiles = self.tiles(batch)?;
@@ -444,7 +457,7 @@ impl Reader {
         let block_cached = |end: u64| self.cache.peek(&self.tile_key(end - 1)).is_some();
         if block_end > last + 1 && !block_cached(block_end) {
             let ahead: Vec<u64> = (last + 1..block_end).collect();
-            if let Err(e) = self.tiles(&ahead) {
+            if let Err(e) = self.read_ahead_tiles(&ahead) {
                 tracing::debug!("read-ahead: {e}");
             }
         }
@@ -457,7 +470,7 @@ impl Reader {
             let shared = self.share();
             rayon::spawn(move || {
                 let ahead: Vec<u64> = (block_end..next_end).collect();
-                if let Err(e) = shared.tiles(&ahead) {
+                if let Err(e) = shared.read_ahead_tiles(&ahead) {
                     tracing::debug!("read-ahead: {e}");
                 }
                 shared.reading_ahead.store(false, Ordering::Release);
@@ -475,18 +488,57 @@ impl Reader {
             key: self.key,
             cache: self.cache.clone(),
             backend: self.backend.clone(),
-            last_end: AtomicU64::new(u64::MAX),
+            recent_ends: std::array::from_fn(|_| AtomicU64::new(u64::MAX)),
+            next_end_slot: AtomicUsize::new(0),
             reading_ahead: self.reading_ahead.clone(),
         }
     }
 
     /// Tiles `js` (payload bytes), from the cache or decoded (in parallel when several miss).
+    ///
+    /// A tile another thread is decoding now is waited for, except on a rayon worker: a
+    /// worker may be running, further down its own stack, the very job the other thread
+    /// waits for (rayon runs stolen jobs on top of a blocked `join`), so blocking there can
+    /// deadlock; a worker decodes such a tile again instead.
     fn tiles(&self, js: &[u64]) -> Result<Vec<Arc<[u8]>>> {
         let mut out: Vec<Option<Arc<[u8]>>> = js
             .iter()
             .map(|&j| self.cache.get(&self.tile_key(j)))
             .collect();
-        // Claim the missing tiles; those another thread is decoding now are waited for below.
+        let in_flight = self.claim_and_decode(js, &mut out)?;
+        if rayon::current_thread_index().is_some() {
+            self.decode_missing(js, &in_flight, &mut out)?;
+        } else {
+            for i in in_flight {
+                let key = self.tile_key(js[i]);
+                self.cache.wait_for(&key);
+                out[i] = match self.cache.peek(&key) {
+                    Some(tile) => Some(tile),
+                    // The other decode failed (or the tile was evicted already): decode it
+                    // here, so that its error, if any, is this read's error too.
+                    None => self.tiles(&js[i..=i])?.pop(),
+                };
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|t| t.expect("every tile decoded"))
+            .collect())
+    }
+
+    /// Read-ahead: decodes and caches the tiles of `js` that are neither cached nor being
+    /// decoded by another thread. Never waits (it runs on rayon workers too).
+    fn read_ahead_tiles(&self, js: &[u64]) -> Result<()> {
+        let mut out: Vec<Option<Arc<[u8]>>> = js
+            .iter()
+            .map(|&j| self.cache.peek(&self.tile_key(j)))
+            .collect();
+        self.claim_and_decode(js, &mut out).map(|_| ())
+    }
+
+    /// Claims the tiles of `js` missing from `out`, decodes them into `out` (and the cache)
+    /// and returns the indexes of those another thread is decoding now.
+    fn claim_and_decode(&self, js: &[u64], out: &mut [Option<Arc<[u8]>>]) -> Result<Vec<usize>> {
         let mut missing = Vec::new();
         let mut claims = Vec::new();
         let mut in_flight = Vec::new();
@@ -505,23 +557,10 @@ impl Reader {
                 None => in_flight.push(i),
             }
         }
-        self.decode_missing(js, &missing, &mut out)?;
+        let decoded = self.decode_missing(js, &missing, out);
         // Wake the waiters only once everything this call decoded is cached.
         drop(claims);
-        for i in in_flight {
-            let key = self.tile_key(js[i]);
-            self.cache.wait_for(&key);
-            out[i] = match self.cache.peek(&key) {
-                Some(tile) => Some(tile),
-                // The other decode failed (or the tile was evicted already): decode it here,
-                // so that its error, if any, is this read's error too.
-                None => self.tiles(&js[i..=i])?.pop(),
-            };
-        }
-        Ok(out
-            .into_iter()
-            .map(|t| t.expect("every tile decoded"))
-            .collect())
+        decoded.map(|()| in_flight)
     }
 
     /// Decodes the tiles `js[i]` for `i` in `missing` into `out[i]` (and the cache).
