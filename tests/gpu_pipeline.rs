@@ -79,6 +79,75 @@ impl TileMapper for Failing {
     }
 }
 
+/// `CpuMapper` that flips the first byte of every tile it produces: proves that the pipelines
+/// really write what the mapper returns (and that the identity test would catch a wrong one).
+struct Corrupting;
+
+impl TileMapper for Corrupting {
+    fn name(&self) -> String {
+        "corrupting cpu".into()
+    }
+    fn scatter_tiles(
+        &self,
+        tables: &TileTables,
+        jobs: &[(TilePlace, &[u8])],
+        out: &mut [&mut [u8]],
+    ) -> Result<GpuTimings, GpuError> {
+        let t = CpuMapper.scatter_tiles(tables, jobs, out)?;
+        out.iter_mut().for_each(|o| o[0] ^= 0x5a);
+        Ok(t)
+    }
+    fn gather_tiles(
+        &self,
+        tables: &TileTables,
+        jobs: &[(TilePlace, &[u8])],
+        out: &mut [&mut [u8]],
+    ) -> Result<GpuTimings, GpuError> {
+        let t = CpuMapper.gather_tiles(tables, jobs, out)?;
+        out.iter_mut().for_each(|o| o[0] ^= 0x5a);
+        Ok(t)
+    }
+    fn code_colour(&self, input: &[u8], out: &mut [u8]) -> Result<GpuTimings, GpuError> {
+        CpuMapper.code_colour(input, out)
+    }
+}
+
+#[test]
+fn pipelines_use_what_the_mapper_returns() {
+    let data = sample(100_000, 11, false);
+    let base = EncodeOptions {
+        tile_side_log2: 4,
+        ..Default::default()
+    };
+    let (fast, _) = encode_to_vec(&data, &base).unwrap();
+    let bad = EncodeOptions {
+        mapper: Some(Arc::new(Corrupting)),
+        ..base
+    };
+    let (corrupted, _) = encode_to_vec(&data, &bad).unwrap();
+    assert!(fast != corrupted);
+
+    let dir = tempfile::tempdir().unwrap();
+    let png = dir.path().join("x.rts.png");
+    fs::write(&png, &fast).unwrap();
+    let out = dir.path().join("out");
+    let opts = DecodeOptions {
+        mapper: Some(Arc::new(Corrupting)),
+        ..Default::default()
+    };
+    decode_file(&png, &out, &opts).unwrap();
+    let got = fs::read(&out).unwrap();
+    assert_eq!(got.len(), data.len());
+    assert!(got != data);
+    let verify = DecodeOptions {
+        verify: true,
+        overwrite: true,
+        ..opts
+    };
+    let err = decode_file(&png, &out, &verify).unwrap_err();
+    assert!(matches!(err, Error::HashMismatch { .. }), "{err}");
+}
+
 fn failure() -> GpuError {
     GpuError::Driver {
         context: "test",
