@@ -39,7 +39,7 @@ pub struct DecodeOptions {
     pub threads: Option<usize>,
     pub progress: Option<Progress>,
     /// `--gpu auto|on|off`: whether the tile gather of seekable images runs on a GPU
-    /// ([`crate::gpu::pipeline_mapper`]); `on` fails when none is usable.
+    /// (policy of [`crate::gpu::select_mapper`]); `on` fails when none is usable.
     pub gpu: GpuMode,
     /// For tests and benchmarks: gather tiles through this mapper whatever `gpu` says (a
     /// [`crate::gpu::CpuMapper`] exercises the GPU's code path on the CPU).

@@ -7,6 +7,11 @@
 //! input with SHA-256, which is the floor of the whole run. Input pages are released as soon as
 //! both readers are done with them, and nothing holds more than a few row groups, so memory
 //! does not grow with the file.
+//!
+//! When a GPU is selected (`EncodeOptions::gpu`, or a mapper forced by a test) each stripe's
+//! non-empty tiles are instead coloured (code mode) and scattered through the
+//! [`TileMapper`] in one batch — one transfer each way per stripe, `4·grid·T` bytes of tiles — and
+//! the row groups copy their rows from those tiles; the output is the same byte for byte.
 
 mod writer;
 
@@ -63,7 +68,7 @@ pub struct EncodeOptions {
     pub tile_side_log2: u8,
     pub progress: Option<Progress>,
     /// `--gpu auto|on|off`: whether the tile scatter and code colouring run on a GPU
-    /// ([`crate::gpu::pipeline_mapper`]); `on` fails when none is usable.
+    /// (policy of [`crate::gpu::select_mapper`]); `on` fails when none is usable.
     pub gpu: GpuMode,
     /// For tests and benchmarks: run the scatter and colouring through this mapper whatever
     /// `gpu` says (a [`crate::gpu::CpuMapper`] exercises the GPU's code path on the CPU).
