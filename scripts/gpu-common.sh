@@ -60,7 +60,28 @@ build_only() {
             gpu) cp "$path" "$dir/pixelrts-gpu-tests" ;;
         esac
     done < <(cargo_test_executables)
+    # The CLI too, for the pipeline identity (encode/decode --gpu on vs --gpu off).
+    cargo build --release --bin pixelrts
+    cp "$(cargo_target_dir)/release/pixelrts" "$dir/pixelrts"
     ls -l "$dir"
+}
+
+cargo_target_dir() {
+    cargo metadata --format-version 1 --no-deps 2>/dev/null |
+        python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])'
+}
+
+# Sets PIXELRTS_BIN to a runnable release `pixelrts`, built with cargo when it exists.
+find_cli() {
+    if command -v cargo >/dev/null 2>&1 && [ "${PIXELRTS_USE_BIN_DIR:-0}" != 1 ]; then
+        cargo build --release --bin pixelrts
+        PIXELRTS_BIN="$(cargo_target_dir)/release/pixelrts"
+    elif [ -x "$BIN_DIR/pixelrts" ]; then
+        PIXELRTS_BIN="$BIN_DIR/pixelrts"
+    else
+        echo "error: neither cargo nor a prebuilt pixelrts in $BIN_DIR" >&2
+        exit 2
+    fi
 }
 
 # True when this machine looks like it has an NVIDIA GPU and driver at all.

@@ -111,7 +111,7 @@ pub fn cmd_bench(a: BenchArgs) -> anyhow::Result<i32> {
                 verify: false,
                 overwrite: true,
                 threads,
-                progress: None,
+                ..Default::default()
             };
             decode::decode_file(input, output, &opts)?;
             Ok(())

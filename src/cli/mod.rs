@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 
 use pixelrts::decode::{self, DecodeOptions};
 use pixelrts::encode::{self, EncodeOptions};
-use pixelrts::gpu::{Gpu, GpuMode};
+use pixelrts::gpu::GpuMode;
 use pixelrts::Mode;
 
 /// Exit status for a verification that ran and failed (`verify`).
@@ -329,17 +329,7 @@ fn user_metadata(a: &EncodeArgs) -> anyhow::Result<Map<String, Value>> {
     Ok(m)
 }
 
-/// Applies `--gpu`: `on` fails here, with the reason, when no usable GPU is present. The tile
-/// mapping itself runs on the CPU until the GPU path is measured to win (`gpu::AUTO_GPU_MIN_BYTES`).
-fn check_gpu(mode: GpuMode) -> anyhow::Result<()> {
-    if mode == GpuMode::On {
-        Gpu::open(GpuMode::On)?;
-    }
-    Ok(())
-}
-
 fn cmd_encode(a: EncodeArgs) -> anyhow::Result<i32> {
-    check_gpu(a.gpu)?;
     let output = a
         .output
         .clone()
@@ -355,6 +345,8 @@ fn cmd_encode(a: EncodeArgs) -> anyhow::Result<i32> {
         level: a.level,
         overwrite: a.force,
         progress: Some(bar.callback()),
+        // `on` without a usable GPU fails in the pipeline before any output is written.
+        gpu: a.gpu,
         ..Default::default()
     };
     let meta = encode::encode_file(&a.input, &output, &opts)?;
@@ -384,7 +376,6 @@ fn cmd_encode(a: EncodeArgs) -> anyhow::Result<i32> {
 }
 
 fn cmd_decode(a: DecodeArgs) -> anyhow::Result<i32> {
-    check_gpu(a.gpu)?;
     let to_stdout = a.output.as_deref() == Some(Path::new("-"));
     let output = a
         .output
@@ -396,6 +387,8 @@ fn cmd_decode(a: DecodeArgs) -> anyhow::Result<i32> {
         overwrite: a.force,
         threads: a.threads,
         progress: Some(bar.callback()),
+        gpu: a.gpu,
+        ..Default::default()
     };
     let report = if to_stdout {
         let mut stdout = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout());

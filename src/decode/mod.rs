@@ -14,6 +14,7 @@ use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::sync_channel;
+use std::sync::Arc;
 
 use rayon::prelude::*;
 use serde_json::{Map, Value};
@@ -25,6 +26,7 @@ use crate::encode::{hex, Progress};
 use crate::error::{Error, IoContext, Result};
 use crate::format::metadata::{self, B64Source, Metadata, MetadataSource};
 use crate::format::png::{read_ihdr, ChunkHeader, ChunkWalker};
+use crate::gpu::{GpuMode, TileMapper};
 use crate::io_util::{with_threads, AtomicOutput};
 
 /// How to decode.
@@ -36,6 +38,12 @@ pub struct DecodeOptions {
     pub overwrite: bool,
     pub threads: Option<usize>,
     pub progress: Option<Progress>,
+    /// `--gpu auto|on|off`: whether the tile gather of seekable images runs on a GPU
+    /// (policy of [`crate::gpu::select_mapper`]); `on` fails when none is usable.
+    pub gpu: GpuMode,
+    /// For tests and benchmarks: gather tiles through this mapper whatever `gpu` says (a
+    /// [`crate::gpu::CpuMapper`] exercises the GPU's code path on the CPU).
+    pub mapper: Option<Arc<dyn TileMapper>>,
 }
 
 /// What a decode produced.
@@ -347,6 +355,11 @@ fn decode_container(c: &Container, sink: Sink<'_>, opts: &DecodeOptions) -> Resu
     let path = &c.path;
     let md = &c.metadata;
     let out_err = |e: std::io::Error| Error::io("<output>", e);
+    // Chosen once per job, before any output, so that `--gpu on` without a GPU fails whatever
+    // the image holds. None is the CPU fast path (gather fused into the per-run decode).
+    let mapper = crate::gpu::pipeline_mapper(opts.gpu, opts.mapper.as_ref(), md.data_size)
+        .map_err(|e| Error::Gpu(e.to_string()))?;
+    let mapper = mapper.as_deref();
     let mut writer = HashingWriter {
         sink,
         sha: Sha256::new(),
@@ -362,10 +375,10 @@ fn decode_container(c: &Container, sink: Sink<'_>, opts: &DecodeOptions) -> Resu
             sha: Sha256::new(),
             written: 0,
         };
-        decode_pixels(c, &mut inner, opts)?;
+        decode_pixels(c, &mut inner, opts, mapper)?;
         decompress_payload(c, &temp, inner.written, &mut writer)?;
     } else {
-        decode_pixels(c, &mut writer, opts)?;
+        decode_pixels(c, &mut writer, opts, mapper)?;
     }
     if writer.written != md.data_size {
         return Err(Error::corrupt(
@@ -498,9 +511,16 @@ fn decompress_payload(
     Ok(())
 }
 
-fn decode_pixels(c: &Container, out: &mut HashingWriter<'_>, opts: &DecodeOptions) -> Result<()> {
+/// `mapper` serves seekable images only: the sequential path (PNGs written by other encoders)
+/// gathers from scanline bands, never from whole row-major tiles, so it stays on the CPU.
+fn decode_pixels(
+    c: &Container,
+    out: &mut HashingWriter<'_>,
+    opts: &DecodeOptions,
+    mapper: Option<&dyn TileMapper>,
+) -> Result<()> {
     match &c.seekable {
-        Some(image) => decode_seekable(image, c.metadata.pixel_payload_size, out, opts),
+        Some(image) => decode_seekable(image, c.metadata.pixel_payload_size, out, opts, mapper),
         None => sequential::decode_sequential(c, out, opts),
     }
 }
@@ -512,6 +532,7 @@ fn decode_seekable(
     payload: u64,
     out: &mut HashingWriter<'_>,
     opts: &DecodeOptions,
+    mapper: Option<&dyn TileMapper>,
 ) -> Result<()> {
     let tile_bytes = 4 * image.tables.tile_pixels();
     let tiles = payload.div_ceil(tile_bytes);
@@ -542,7 +563,7 @@ fn decode_seekable(
                 break;
             };
             buf.resize(len.max(buf.len()), 0);
-            let decoded = decode_batch(image, first, last, tile_bytes, &mut buf[..len]);
+            let decoded = decode_batch(image, first, last, tile_bytes, &mut buf[..len], mapper);
             if let Err(e) = decoded {
                 result = Err(e);
                 break;
@@ -573,6 +594,7 @@ fn decode_batch(
     last: u64,
     tile_bytes: u64,
     out: &mut [u8],
+    mapper: Option<&dyn TileMapper>,
 ) -> Result<()> {
     /// Longest run of adjacent tiles decoded by one task.
     const MAX_RUN: usize = 8;
@@ -597,10 +619,45 @@ fn decode_batch(
             _ => runs.push((stripe, column, vec![j], vec![slot])),
         }
     }
-    runs.into_par_iter().try_for_each_init(
+    let Some(mapper) = mapper else {
+        return runs.into_par_iter().try_for_each_init(
+            || (TileScratch::new(image), Vec::new()),
+            |(scratch, run_buf), (stripe, c0, tiles, mut outs)| {
+                image.decode_run(stripe, c0, &tiles, &mut outs, scratch, run_buf)
+            },
+        );
+    };
+    // Through a mapper: inflate (and CRC-check) every tile of the batch into row-major pixels
+    // on the pool, then gather the whole batch in one call (one transfer each way for a GPU).
+    let tile_len = tile_bytes as usize;
+    let mut pixels = vec![0u8; (last - first) as usize * tile_len];
+    let mut pieces: Vec<(&TileRun<'_>, &mut [u8])> = Vec::with_capacity(runs.len());
+    let mut rest = &mut pixels[..];
+    for run in &runs {
+        let (mine, tail) = rest.split_at_mut(run.2.len() * tile_len);
+        pieces.push((run, mine));
+        rest = tail;
+    }
+    pieces.into_par_iter().try_for_each_init(
         || (TileScratch::new(image), Vec::new()),
-        |(scratch, run_buf), (stripe, c0, tiles, mut outs)| {
-            image.decode_run(stripe, c0, &tiles, &mut outs, scratch, run_buf)
+        |(scratch, run_buf), ((stripe, c0, tiles, _), run_pixels)| {
+            image.decode_run_pixels(*stripe, *c0, tiles, run_pixels, scratch, run_buf)
         },
-    )
+    )?;
+    let jobs: Vec<(crate::format::hilbert::TilePlace, &[u8])> = runs
+        .iter()
+        .flat_map(|run| run.2.iter())
+        .zip(pixels.chunks(tile_len))
+        .map(|(&j, tile)| (image.tables.place_of(j), tile))
+        .collect();
+    let mut outs: Vec<&mut [u8]> = runs.into_iter().flat_map(|(_, _, _, outs)| outs).collect();
+    mapper
+        .gather_tiles(&image.tables, &jobs, &mut outs)
+        .map_err(|e| {
+            Error::Gpu(format!(
+                "{}: GPU tile gather failed: {e}",
+                image.path().display()
+            ))
+        })?;
+    Ok(())
 }

@@ -371,6 +371,39 @@ impl SeekableImage {
         result
     }
 
+    /// As [`decode_run`](Self::decode_run) but stops before the gather: `pixels` (`tiles.len()`
+    /// row-major tiles) receives the CRC-checked pixels, for a [`crate::gpu::TileMapper`] to
+    /// gather in a batch.
+    pub fn decode_run_pixels(
+        &self,
+        stripe: u64,
+        first_column: u64,
+        tiles: &[u64],
+        pixels: &mut [u8],
+        scratch: &mut TileScratch,
+        run_buf: &mut Vec<u8>,
+    ) -> Result<()> {
+        let spans: Vec<Vec<(u64, u64)>> = (0..tiles.len() as u64)
+            .map(|k| self.piece_spans(stripe, first_column + k))
+            .collect::<Result<_>>()?;
+        let all: Vec<(u64, u64)> = spans.iter().flatten().copied().collect();
+        self.prefetch_if_cold(&all);
+        self.inflate_run(
+            stripe,
+            first_column,
+            tiles,
+            scratch,
+            run_buf,
+            &spans,
+            pixels,
+        )?;
+        let tile_len = scratch.tile.len();
+        for (k, &j) in tiles.iter().enumerate() {
+            self.check_tile_crc(j, &pixels[k * tile_len..(k + 1) * tile_len])?;
+        }
+        Ok(())
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn decode_run_into(
         &self,
@@ -378,6 +411,29 @@ impl SeekableImage {
         first_column: u64,
         tiles: &[u64],
         outputs: &mut [&mut [u8]],
+        scratch: &mut TileScratch,
+        run_buf: &mut Vec<u8>,
+        spans: &[Vec<(u64, u64)>],
+        pixels: &mut [u8],
+    ) -> Result<()> {
+        self.inflate_run(stripe, first_column, tiles, scratch, run_buf, spans, pixels)?;
+        let tile_len = scratch.tile.len();
+        for (k, (&j, out)) in tiles.iter().zip(outputs.iter_mut()).enumerate() {
+            let tile = &pixels[k * tile_len..(k + 1) * tile_len];
+            self.check_tile_crc(j, tile)?;
+            let place = self.tables.place_of(j);
+            gather_tile(self.tables.positions(&place), tile, out);
+        }
+        Ok(())
+    }
+
+    /// Inflates every scanline of a run of adjacent tiles into `pixels` (row-major tiles).
+    #[allow(clippy::too_many_arguments)]
+    fn inflate_run(
+        &self,
+        stripe: u64,
+        first_column: u64,
+        tiles: &[u64],
         scratch: &mut TileScratch,
         run_buf: &mut Vec<u8>,
         spans: &[Vec<(u64, u64)>],
@@ -418,12 +474,6 @@ impl SeekableImage {
                     row,
                 )?;
             }
-        }
-        for (k, (&j, out)) in tiles.iter().zip(outputs.iter_mut()).enumerate() {
-            let tile = &pixels[k * tile_len..(k + 1) * tile_len];
-            self.check_tile_crc(j, tile)?;
-            let place = self.tables.place_of(j);
-            gather_tile(self.tables.positions(&place), tile, out);
         }
         Ok(())
     }

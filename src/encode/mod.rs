@@ -7,6 +7,11 @@
 //! input with SHA-256, which is the floor of the whole run. Input pages are released as soon as
 //! both readers are done with them, and nothing holds more than a few row groups, so memory
 //! does not grow with the file.
+//!
+//! When a GPU is selected (`EncodeOptions::gpu`, or a mapper forced by a test) each stripe's
+//! non-empty tiles are instead coloured (code mode) and scattered through the
+//! [`TileMapper`] in one batch — one transfer each way per stripe, `4·grid·T` bytes of tiles — and
+//! the row groups copy their rows from those tiles; the output is the same byte for byte.
 
 mod writer;
 
@@ -26,6 +31,7 @@ use crate::format::index::{self, IndexHeader};
 use crate::format::metadata::{self, Mode, HASH_PLACEHOLDER};
 use crate::format::png::{chunk_bytes, Ihdr, SIGNATURE};
 use crate::format::segment::{adler32, PieceCompressor, ZLIB_HEADER};
+use crate::gpu::{GpuMode, TileMapper};
 use crate::io_util::{with_threads, AtomicOutput, MappedInput};
 use writer::{GroupOutput, StreamWriter};
 
@@ -61,6 +67,12 @@ pub struct EncodeOptions {
     /// log2 of the tile side (restart-point geometry).
     pub tile_side_log2: u8,
     pub progress: Option<Progress>,
+    /// `--gpu auto|on|off`: whether the tile scatter and code colouring run on a GPU
+    /// (policy of [`crate::gpu::select_mapper`]); `on` fails when none is usable.
+    pub gpu: GpuMode,
+    /// For tests and benchmarks: run the scatter and colouring through this mapper whatever
+    /// `gpu` says (a [`crate::gpu::CpuMapper`] exercises the GPU's code path on the CPU).
+    pub mapper: Option<Arc<dyn TileMapper>>,
 }
 
 impl Default for EncodeOptions {
@@ -77,6 +89,8 @@ impl Default for EncodeOptions {
             record_file_attributes: true,
             tile_side_log2: index::DEFAULT_TILE_SIDE_LOG2,
             progress: None,
+            gpu: GpuMode::Auto,
+            mapper: None,
         }
     }
 }
@@ -88,6 +102,8 @@ impl std::fmt::Debug for EncodeOptions {
             .field("grid_size", &self.grid_size)
             .field("level", &self.level)
             .field("threads", &self.threads)
+            .field("gpu", &self.gpu)
+            .field("mapper", &self.mapper.as_ref().map(|m| m.name()))
             .finish_non_exhaustive()
     }
 }
@@ -225,6 +241,9 @@ fn encode_core<W: Write + Seek + Send>(
         )));
     }
     let draw_code = opts.mode == Mode::Code && code_mode::is_wasm(data);
+    // Chosen once per job; None is the CPU fast path (gather fused into the row compression).
+    let mapper = crate::gpu::pipeline_mapper(opts.gpu, opts.mapper.as_ref(), n)
+        .map_err(|e| Error::Gpu(e.to_string()))?;
     let tile_log2 = index::tile_side_log2_for(grid, opts.tile_side_log2.min(12));
     let tables = TileTables::new(grid, 1 << tile_log2);
     let tile_side = tables.tile_side();
@@ -357,6 +376,7 @@ fn encode_core<W: Write + Seek + Send>(
         });
 
         let mut failed = false;
+        let mut mapper_error = None;
         for stripe in 0..tiles_per_side {
             let jobs: Vec<TileJob> = (0..tiles_per_side)
                 .into_par_iter()
@@ -376,10 +396,28 @@ fn encode_core<W: Write + Seek + Send>(
                     }
                 })
                 .collect();
+            // Through a mapper the whole stripe is scattered in one batch (one transfer each
+            // way for a GPU) before its row groups are compressed from the row-major tiles.
+            let mut stripe_tiles = Vec::new();
+            if let Some(m) = &mapper {
+                if let Err(e) = scatter_stripe(&**m, &tables, &jobs, draw_code, &mut stripe_tiles) {
+                    mapper_error = Some(Error::Gpu(format!(
+                        "{}: GPU tile scatter failed: {e}",
+                        out_path.display()
+                    )));
+                    break;
+                }
+            }
+            let tile_of = |k: usize| {
+                mapper
+                    .as_ref()
+                    .map(|_| &stripe_tiles[k * tile_bytes as usize..][..tile_bytes as usize])
+            };
             for group in 0..groups_per_stripe {
                 let first_row = group * rows_per_group;
                 let outputs: Vec<GroupOutput> = jobs
                     .par_iter()
+                    .enumerate()
                     .map_init(
                         || {
                             (
@@ -387,10 +425,11 @@ fn encode_core<W: Write + Seek + Send>(
                                 Vec::with_capacity(4 * tile_side as usize + 1),
                             )
                         },
-                        |(compressor, raw), job| {
+                        |(compressor, raw), (k, job)| {
                             encode_group(
                                 &tables,
                                 job,
+                                tile_of(k),
                                 first_row,
                                 rows_per_group,
                                 draw_code,
@@ -423,6 +462,9 @@ fn encode_core<W: Write + Seek + Send>(
         drop(send);
         let stream_result = writer.join().expect("writer thread panicked");
         let digest = hasher.join().expect("hash thread panicked");
+        if let Some(e) = mapper_error {
+            return Err(e);
+        }
         Ok((digest, stream_result))
     })?;
     let summary = stream_result?;
@@ -523,6 +565,7 @@ impl ZeroPieces {
 fn encode_group(
     tables: &TileTables,
     job: &TileJob<'_>,
+    tile: Option<&[u8]>,
     first_row: u64,
     rows: u64,
     draw_code: bool,
@@ -591,12 +634,17 @@ fn encode_group(
             (&mut *raw, 0)
         };
         buf.resize(at + row_len, 0);
-        gather_row(
-            &mut buf[at + filter_byte..],
-            row_locals,
-            job.payload,
-            draw_code,
-        );
+        match tile {
+            // Already scattered (and coloured) by the mapper: copy the row.
+            Some(tile) => buf[at + filter_byte..]
+                .copy_from_slice(&tile[row as usize * 4 * side..(row as usize + 1) * 4 * side]),
+            None => gather_row(
+                &mut buf[at + filter_byte..],
+                row_locals,
+                job.payload,
+                draw_code,
+            ),
+        }
         let piece_raw = &buf[at..];
         out.crc.update(&piece_raw[filter_byte..]);
         out.adlers.push(adler32(piece_raw));
@@ -617,6 +665,70 @@ fn encode_group(
         out.piece_lens.push(len as u32);
     }
     out
+}
+
+/// Scatters every non-empty tile of a stripe through `mapper` into `tiles` (`jobs.len()` tiles
+/// of `4·T²` bytes, column order; empty tiles are left zero and never read, their pieces are the
+/// precomputed zero pieces). In code mode each payload is coloured by the mapper first: the
+/// colouring works on whole 4-byte pixels and tiles start on pixel boundaries, so colouring tile
+/// by tile equals colouring the whole input, and pixels past the data stay zero as in
+/// [`gather_row`].
+fn scatter_stripe(
+    mapper: &dyn TileMapper,
+    tables: &TileTables,
+    jobs: &[TileJob<'_>],
+    draw_code: bool,
+    tiles: &mut Vec<u8>,
+) -> std::result::Result<(), crate::gpu::GpuError> {
+    let tile_bytes = 4 * tables.tile_pixels() as usize;
+    tiles.clear();
+    tiles.resize(jobs.len() * tile_bytes, 0);
+    let live: Vec<usize> = (0..jobs.len())
+        .filter(|&k| jobs[k].kind != TileKind::Empty)
+        .collect();
+    if live.is_empty() {
+        return Ok(());
+    }
+    // Colour all live payloads in one mapper call, laid end to end at whole-tile offsets.
+    let coloured = if draw_code {
+        let mut input = Vec::with_capacity(live.len() * tile_bytes);
+        for &k in &live {
+            let p = jobs[k].payload;
+            input.extend_from_slice(p);
+            // Pad to the tile so that the next payload starts on a pixel boundary.
+            input.resize(input.len() + tile_bytes - p.len(), 0);
+        }
+        let mut out = vec![0u8; input.len()];
+        mapper.code_colour(&input, &mut out)?;
+        Some(out)
+    } else {
+        None
+    };
+    let inputs: Vec<(TilePlace, &[u8])> = live
+        .iter()
+        .enumerate()
+        .map(|(i, &k)| {
+            let p = jobs[k].payload;
+            let bytes = match &coloured {
+                // Only the data's own pixels: the padding must stay zero, not coloured zero.
+                Some(c) => &c[i * tile_bytes..i * tile_bytes + p.len().div_ceil(4) * 4],
+                None => p,
+            };
+            (jobs[k].place, bytes)
+        })
+        .collect();
+    let mut outs: Vec<&mut [u8]> = Vec::with_capacity(live.len());
+    let mut rest = &mut tiles[..];
+    let mut at = 0;
+    for &k in &live {
+        let (_, tail) = rest.split_at_mut((k - at) * tile_bytes);
+        let (tile, tail) = tail.split_at_mut(tile_bytes);
+        outs.push(tile);
+        rest = tail;
+        at = k + 1;
+    }
+    mapper.scatter_tiles(tables, &inputs, &mut outs)?;
+    Ok(())
 }
 
 /// One tile-wide scanline: pixel `x` is payload pixel `row_locals[x]` (zero past the data),

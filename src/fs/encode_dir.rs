@@ -125,7 +125,9 @@ const NAME_MAX: usize = 255;
 pub struct EncodeDirOptions {
     /// Encoder worker threads (None: the encoder's default).
     pub threads: Option<usize>,
-    /// `gpu=on` fails at [`EncodeDir::new`] when no GPU is usable, as `pixelrts encode` does.
+    /// Passed to every encode (and its verifying decode) of committed files. `gpu=on` also fails
+    /// at [`EncodeDir::new`] when no GPU is usable, so the mount refuses to start rather than
+    /// failing each file later.
     pub gpu: GpuMode,
     /// Deflate level 0–9.
     pub level: u32,

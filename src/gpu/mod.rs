@@ -18,6 +18,7 @@ mod probe;
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
@@ -32,7 +33,8 @@ pub use cuda::{Gpu, GpuInfo};
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum GpuMode {
-    /// Use a GPU when one is usable and the job is big enough to win ([`AUTO_GPU_MIN_BYTES`]).
+    /// Use a GPU when one is usable and the job is big enough to win ([`AUTO_GPU_MIN_BYTES`];
+    /// today that is never, see there).
     #[default]
     Auto,
     /// Use the GPU; fail with the reason when there is none.
@@ -305,31 +307,85 @@ fn cpu_timings(bytes: u64, start: Instant) -> GpuTimings {
     }
 }
 
-/// Below this many bytes `--gpu auto` stays on the CPU.
+/// Below this many bytes `--gpu auto` stays on the CPU; `u64::MAX` means `auto` never uses the
+/// GPU.
 ///
-/// PLACEHOLDER, NOT MEASURED: no GPU was available when this was written. Set it from the
-/// break-even size that `scripts/bench-gpu.sh` prints (the smallest size at which the GPU's
-/// total time beats the CPU's for scatter *and* gather), on the machines this runs on.
-/// The CPU does 2.7–5 GB/s per thread (FORMAT.md §6) and the GPU path pays two PCIe copies plus
-/// the copies into pinned memory, so the GPU may never win for scatter/gather alone; the
-/// default keeps `auto` on the CPU for anything below 256 MiB.
-pub const AUTO_GPU_MIN_BYTES: u64 = 256 << 20;
+/// It is `u64::MAX` because nothing has measured the GPU winning yet: no GPU has been available
+/// to the sessions that built this, and the CPU does 2.7–5 GB/s per thread (FORMAT.md §6) while
+/// the GPU path pays two PCIe copies plus the copies into pinned memory, so it may never win for
+/// scatter/gather alone. `--gpu on` still uses the GPU. To enable `auto`, run
+/// `scripts/bench-gpu.sh` on the target machine: it prints the break-even size (the smallest size
+/// at which the GPU's total time beats the CPU's for scatter *and* gather); put that here.
+pub const AUTO_GPU_MIN_BYTES: u64 = u64::MAX;
+
+/// Whether `--gpu auto` should try the GPU for a job of `job_bytes` given the `threshold`
+/// ([`AUTO_GPU_MIN_BYTES`], a parameter so that the rule reads the same whatever it is set to).
+fn auto_wants_gpu(job_bytes: u64, threshold: u64) -> bool {
+    // u64::MAX means never: not even a job of u64::MAX bytes goes to the GPU.
+    threshold != u64::MAX && job_bytes >= threshold
+}
 
 /// The mapper for a job of `job_bytes` under `mode`:
 /// `off` → CPU; `on` → the GPU or [`GpuError::Unavailable`]; `auto` → the GPU when one is usable
 /// and `job_bytes >= AUTO_GPU_MIN_BYTES`, else the CPU (the reason is logged at debug level).
 pub fn select_mapper(mode: GpuMode, job_bytes: u64) -> Result<Box<dyn TileMapper>, GpuError> {
-    if mode == GpuMode::Auto && job_bytes < AUTO_GPU_MIN_BYTES {
+    Ok(match pipeline_mapper(mode, None, job_bytes)? {
+        Some(gpu) => Box::new(ArcMapper(gpu)),
+        None => Box::new(CpuMapper),
+    })
+}
+
+/// What the encode/decode pipelines use for one job: `Some(mapper)` sends whole tiles through
+/// the [`TileMapper`] in batches; `None` keeps the CPU fast path, which fuses the scatter/gather
+/// into the per-row compression and so never materialises whole tiles (cheaper than
+/// [`CpuMapper`]). `forced` (tests, benchmarks) wins over `mode`.
+pub(crate) fn pipeline_mapper(
+    mode: GpuMode,
+    forced: Option<&Arc<dyn TileMapper>>,
+    job_bytes: u64,
+) -> Result<Option<Arc<dyn TileMapper>>, GpuError> {
+    if let Some(m) = forced {
+        return Ok(Some(Arc::clone(m)));
+    }
+    if mode == GpuMode::Auto && !auto_wants_gpu(job_bytes, AUTO_GPU_MIN_BYTES) {
         tracing::debug!(
             job_bytes,
             threshold = AUTO_GPU_MIN_BYTES,
-            "--gpu auto: job below the GPU threshold, using the CPU"
+            "--gpu auto: the GPU is not measured to win for this size, using the CPU"
         );
-        return Ok(Box::new(CpuMapper));
+        return Ok(None);
     }
-    match Gpu::open(mode)? {
-        Some(gpu) => Ok(Box::new(gpu)),
-        None => Ok(Box::new(CpuMapper)),
+    Ok(Gpu::open(mode)?.map(|gpu| Arc::new(gpu) as Arc<dyn TileMapper>))
+}
+
+/// An `Arc`ed mapper behind the `Box` that [`select_mapper`] returns.
+struct ArcMapper(Arc<dyn TileMapper>);
+
+impl TileMapper for ArcMapper {
+    fn name(&self) -> String {
+        self.0.name()
+    }
+
+    fn scatter_tiles(
+        &self,
+        tables: &TileTables,
+        jobs: &[(TilePlace, &[u8])],
+        out: &mut [&mut [u8]],
+    ) -> Result<GpuTimings, GpuError> {
+        self.0.scatter_tiles(tables, jobs, out)
+    }
+
+    fn gather_tiles(
+        &self,
+        tables: &TileTables,
+        jobs: &[(TilePlace, &[u8])],
+        out: &mut [&mut [u8]],
+    ) -> Result<GpuTimings, GpuError> {
+        self.0.gather_tiles(tables, jobs, out)
+    }
+
+    fn code_colour(&self, input: &[u8], out: &mut [u8]) -> Result<GpuTimings, GpuError> {
+        self.0.code_colour(input, out)
     }
 }
 
@@ -466,5 +522,21 @@ mod tests {
             .unwrap()
             .name()
             .starts_with("cpu"));
+        assert!(auto_wants_gpu(100, 64) && auto_wants_gpu(64, 64));
+        assert!(!auto_wants_gpu(63, 64) && !auto_wants_gpu(u64::MAX, u64::MAX));
+        // Unmeasured, `auto` never picks the GPU (and does not even look for one).
+        let before = probe::PROBES.with(|p| p.get());
+        assert!(select_mapper(GpuMode::Auto, u64::MAX)
+            .unwrap()
+            .name()
+            .starts_with("cpu"));
+        assert!(pipeline_mapper(GpuMode::Auto, None, u64::MAX)
+            .unwrap()
+            .is_none());
+        assert_eq!(probe::PROBES.with(|p| p.get()), before);
+        let forced: Arc<dyn TileMapper> = Arc::new(CpuMapper);
+        assert!(pipeline_mapper(GpuMode::Off, Some(&forced), 0)
+            .unwrap()
+            .is_some());
     }
 }

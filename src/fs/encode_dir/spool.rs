@@ -228,6 +228,7 @@ impl EncodeDir {
             overwrite: true,
             fsync: true,
             record_file_attributes: true,
+            gpu: self.opts.gpu,
             ..Default::default()
         };
         let proc_path = PathBuf::from(format!("/proc/self/fd/{}", input.as_raw_fd()));
@@ -309,6 +310,7 @@ impl EncodeDir {
                     &DecodeOptions {
                         verify: true,
                         threads: self.opts.threads,
+                        gpu: self.opts.gpu,
                         ..Default::default()
                     },
                 )?;
