@@ -336,6 +336,22 @@ impl SeekableImage {
         result.map_err(|e| Error::corrupt(&self.path, format!("tile {j}, row {r}: {e}")))
     }
 
+    /// The piece spans of `count` tiles of `stripe` from `first_column` on, their reads
+    /// started at once when the file is not in the page cache.
+    fn run_spans(
+        &self,
+        stripe: u64,
+        first_column: u64,
+        count: usize,
+    ) -> Result<Vec<Vec<(u64, u64)>>> {
+        let spans: Vec<Vec<(u64, u64)>> = (0..count as u64)
+            .map(|k| self.piece_spans(stripe, first_column + k))
+            .collect::<Result<_>>()?;
+        let all: Vec<(u64, u64)> = spans.iter().flatten().copied().collect();
+        self.prefetch_if_cold(&all);
+        Ok(spans)
+    }
+
     /// Decodes the tiles of one stripe at consecutive columns `first_column..` together:
     /// their pieces in each scanline are adjacent in the stream, so one read per scanline
     /// fetches all of them. `outputs[k]` receives the payload of the tile at
@@ -349,11 +365,7 @@ impl SeekableImage {
         scratch: &mut TileScratch,
         run_buf: &mut Vec<u8>,
     ) -> Result<()> {
-        let spans: Vec<Vec<(u64, u64)>> = (0..tiles.len() as u64)
-            .map(|k| self.piece_spans(stripe, first_column + k))
-            .collect::<Result<_>>()?;
-        let all: Vec<(u64, u64)> = spans.iter().flatten().copied().collect();
-        self.prefetch_if_cold(&all);
+        let spans = self.run_spans(stripe, first_column, tiles.len())?;
         let tile_len = scratch.tile.len();
         let mut pixels = std::mem::take(&mut scratch.run_pixels);
         pixels.resize(tile_len * tiles.len(), 0);
@@ -383,11 +395,7 @@ impl SeekableImage {
         scratch: &mut TileScratch,
         run_buf: &mut Vec<u8>,
     ) -> Result<()> {
-        let spans: Vec<Vec<(u64, u64)>> = (0..tiles.len() as u64)
-            .map(|k| self.piece_spans(stripe, first_column + k))
-            .collect::<Result<_>>()?;
-        let all: Vec<(u64, u64)> = spans.iter().flatten().copied().collect();
-        self.prefetch_if_cold(&all);
+        let spans = self.run_spans(stripe, first_column, tiles.len())?;
         self.inflate_run(
             stripe,
             first_column,

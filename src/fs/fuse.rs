@@ -487,6 +487,19 @@ impl PixelFs {
     }
 
     /// The area and relative path of a child for a modifying operation: EROFS in the view.
+    /// symlink / link: not supported; EPERM in the encode directory, EROFS in the view.
+    fn refuse_link(&self, what: &str, parent: u64, name: &OsStr) -> Errno {
+        let code = match self.writable_child(what, parent, name) {
+            Ok(_) => libc::EPERM,
+            Err(_) => libc::EROFS,
+        };
+        let rel = self
+            .child_path(parent, name)
+            .map(|(_, p)| p)
+            .unwrap_or_default();
+        self.plain(&format!("{what} (not supported)"), &rel, code)
+    }
+
     /// unlink / rmdir in the encode directory: `remove` does it, then the name is forgotten.
     fn remove_child(
         &self,
@@ -839,15 +852,7 @@ impl Filesystem for PixelFs {
         _target: &Path,
         reply: ReplyEntry,
     ) {
-        let code = match self.writable_child("symlink", parent.0, link_name) {
-            Ok(_) => libc::EPERM,
-            Err(_) => libc::EROFS,
-        };
-        let rel = self
-            .child_path(parent.0, link_name)
-            .map(|(_, p)| p)
-            .unwrap_or_default();
-        reply.error(self.plain("symlink (not supported)", &rel, code));
+        reply.error(self.refuse_link("symlink", parent.0, link_name));
     }
 
     fn link(
@@ -858,15 +863,7 @@ impl Filesystem for PixelFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        let code = match self.writable_child("link", newparent.0, newname) {
-            Ok(_) => libc::EPERM,
-            Err(_) => libc::EROFS,
-        };
-        let rel = self
-            .child_path(newparent.0, newname)
-            .map(|(_, p)| p)
-            .unwrap_or_default();
-        reply.error(self.plain("link (not supported)", &rel, code));
+        reply.error(self.refuse_link("link", newparent.0, newname));
     }
 
     fn rename(
