@@ -18,10 +18,13 @@ if ! gpu_present; then
 fi
 
 show_machine
-find_test_executables
-export PIXELRTS_BENCH_SIZES_MIB="${PIXELRTS_BENCH_SIZES_MIB:-64,1024,4096}"
-echo "== benchmark, sizes (MiB): $PIXELRTS_BENCH_SIZES_MIB"
-out="$("$GPU_TEST" --ignored --exact bench_gpu_compare --nocapture --test-threads=1 2>&1)" || {
+find_cli
+sizes="${PIXELRTS_BENCH_SIZES_MIB:-64,1024,4096}"
+echo "== benchmark, sizes (MiB): $sizes"
+json_args=()
+[ -n "${PIXELRTS_BENCH_JSON:-}" ] && json_args=(--json "$PIXELRTS_BENCH_JSON")
+# shellcheck disable=SC2086 # the sizes are split on purpose
+out="$("$PIXELRTS_BIN" bench-gpu --sizes-mib ${sizes//,/ } "${json_args[@]}" 2>&1)" || {
     echo "$out"
     echo "bench-gpu: the benchmark failed" >&2
     exit 1

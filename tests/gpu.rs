@@ -2,7 +2,7 @@
 //!
 //! Without a usable NVIDIA GPU each test prints "skipped: no usable NVIDIA GPU (<reason>)" and
 //! passes, unless `PIXELRTS_REQUIRE_GPU=1` (set by `scripts/test-gpu.sh`), which turns the skip
-//! into a failure. `bench_gpu_compare` is what `scripts/bench-gpu.sh` runs (ignored by default).
+//! into a failure. The CPU/GPU benchmark is `pixelrts bench-gpu` (run by `scripts/bench-gpu.sh`).
 
 use pixelrts::format::code_mode;
 use pixelrts::format::hilbert::{gather_tile, scatter_tile, TilePlace, TileTables};
@@ -200,38 +200,6 @@ fn gpu_matches_cpu_mapper_and_reuses_tables_across_calls() {
         )
         .unwrap_err();
     assert!(matches!(err, GpuError::InvalidJob(_)), "{err}");
-}
-
-/// `scripts/bench-gpu.sh`: CPU against GPU at 64 MiB, 1 GiB and 4 GiB (or the sizes in MiB
-/// listed in PIXELRTS_BENCH_SIZES_MIB, comma-separated).
-#[test]
-#[ignore = "benchmark: run by scripts/bench-gpu.sh"]
-fn bench_gpu_compare() {
-    let sizes: Vec<u64> = match std::env::var("PIXELRTS_BENCH_SIZES_MIB") {
-        Ok(list) if !list.trim().is_empty() => list
-            .split(',')
-            .map(|s| {
-                s.trim()
-                    .parse::<u64>()
-                    .expect("PIXELRTS_BENCH_SIZES_MIB: MiB numbers")
-                    << 20
-            })
-            .collect(),
-        _ => pixelrts::gpu::bench::DEFAULT_SIZES.to_vec(),
-    };
-    match pixelrts::gpu::bench::compare(&sizes) {
-        Ok(report) => {
-            println!("{report}");
-            if let Ok(path) = std::env::var("PIXELRTS_BENCH_JSON") {
-                std::fs::write(&path, serde_json::to_string_pretty(&report).unwrap()).unwrap();
-                println!("JSON written to {path}");
-            }
-        }
-        Err(GpuError::Unavailable(reason)) => {
-            println!("NO GPU: benchmark skipped: no usable NVIDIA GPU ({reason})");
-        }
-        Err(e) => panic!("benchmark failed: {e}"),
-    }
 }
 
 /// Here (any machine): the three modes behave as documented.

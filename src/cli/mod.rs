@@ -74,6 +74,10 @@ enum Command {
     /// Random-access benchmark of one file (cold/warm latency, sequential throughput).
     #[command(hide = true)]
     BenchRandom(BenchRandomArgs),
+    /// CPU against GPU for scatter, gather and code colouring, stage by stage
+    /// (`scripts/bench-gpu.sh`).
+    #[command(hide = true)]
+    BenchGpu(BenchGpuArgs),
     /// Mount a folder of .rts.png files: each appears as its decoded file; files written to
     /// MOUNTPOINT/encode/ become .rts.png files in SOURCE when closed.
     #[command(
@@ -97,6 +101,16 @@ struct CatArgs {
     /// Directory for checkpoint indexes of plain PNGs [default: ~/.cache/pixelrts].
     #[arg(long)]
     checkpoint_dir: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct BenchGpuArgs {
+    /// Sizes in MiB [default: 64 1024 4096].
+    #[arg(long, num_args = 1..)]
+    sizes_mib: Vec<u64>,
+    /// Also write the figures as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -289,6 +303,7 @@ fn dispatch(command: Command, verbose: u8) -> anyhow::Result<i32> {
         Command::Dashboard(a) => bench_cmd::cmd_dashboard(a),
         Command::Cat(a) => cmd_cat(a),
         Command::BenchRandom(a) => cmd_bench_random(a),
+        Command::BenchGpu(a) => cmd_bench_gpu(a),
         Command::Doctor(a) => {
             let report = pixelrts::doctor::doctor_report(a.threads.unwrap_or(0));
             if a.json {
@@ -510,6 +525,32 @@ fn cmd_cat(a: CatArgs) -> anyhow::Result<i32> {
             Err(e).context("writing to standard output")
         }
         _ => Ok(0),
+    }
+}
+
+/// Exit 0 with the figures, or with "NO GPU: …" when no GPU is usable (the script reports the
+/// reason); a failing comparison (a GPU result that differs from the CPU's) is an error.
+fn cmd_bench_gpu(a: BenchGpuArgs) -> anyhow::Result<i32> {
+    let sizes: Vec<u64> = if a.sizes_mib.is_empty() {
+        pixelrts::gpu::bench::DEFAULT_SIZES.to_vec()
+    } else {
+        a.sizes_mib.iter().map(|m| m << 20).collect()
+    };
+    match pixelrts::gpu::bench::compare(&sizes) {
+        Ok(report) => {
+            println!("{report}");
+            if let Some(path) = &a.json {
+                std::fs::write(path, serde_json::to_string_pretty(&report)?)
+                    .with_context(|| format!("writing {}", path.display()))?;
+                println!("JSON written to {}", path.display());
+            }
+            Ok(0)
+        }
+        Err(pixelrts::gpu::GpuError::Unavailable(reason)) => {
+            println!("NO GPU: benchmark skipped: no usable NVIDIA GPU ({reason})");
+            Ok(0)
+        }
+        Err(e) => Err(anyhow::anyhow!("GPU benchmark failed: {e}")),
     }
 }
 
