@@ -487,6 +487,23 @@ impl PixelFs {
     }
 
     /// The area and relative path of a child for a modifying operation: EROFS in the view.
+    /// flush / fsync: `op` on an encode-directory handle; nothing to do for the view's.
+    fn on_encode_handle(
+        &self,
+        fh: u64,
+        what: &str,
+        reply: ReplyEmpty,
+        op: impl FnOnce(&EncodeDir, u64) -> Result<(), Error>,
+    ) {
+        match (self.encode_handle(fh), self.encode_dir()) {
+            (Some((h, rel)), Some(d)) => match op(d, h) {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(self.fail(what, &rel, &e)),
+            },
+            _ => reply.ok(),
+        }
+    }
+
     /// symlink / link: not supported; EPERM in the encode directory, EROFS in the view.
     fn refuse_link(&self, what: &str, parent: u64, name: &OsStr) -> Errno {
         let code = match self.writable_child(what, parent, name) {
@@ -998,13 +1015,7 @@ impl Filesystem for PixelFs {
         reply: ReplyEmpty,
     ) {
         // This is where close() learns that encoding failed.
-        match (self.encode_handle(fh.0), self.encode_dir()) {
-            (Some((h, rel)), Some(d)) => match d.flush(h) {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(self.fail("close (encoding)", &rel, &e)),
-            },
-            _ => reply.ok(),
-        }
+        self.on_encode_handle(fh.0, "close (encoding)", reply, EncodeDir::flush);
     }
 
     fn release(
@@ -1035,13 +1046,7 @@ impl Filesystem for PixelFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        match (self.encode_handle(fh.0), self.encode_dir()) {
-            (Some((h, rel)), Some(d)) => match d.fsync(h) {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(self.fail("fsync", &rel, &e)),
-            },
-            _ => reply.ok(),
-        }
+        self.on_encode_handle(fh.0, "fsync", reply, EncodeDir::fsync);
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
