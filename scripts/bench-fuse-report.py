@@ -2,11 +2,10 @@
 """Table and history records for scripts/bench-fuse.sh.
 
 Reads the measurements the script collected (RESULTS: one `key value` pair per line), prints the
-results table, and writes one benchmark record per measurement to RECORDS as JSON Lines in the
-project's history format: the fields and field order of `pixelrts::bench::BenchRecord`
-(src/bench/history.rs), filled the way `BenchRecord::new` fills them (timestamp, git commit,
-version, machine). The script then loads RECORDS with pixelrts itself before appending it to
-benchmark_history.jsonl, so a record the Rust side cannot read never reaches the history.
+results table, and writes one benchmark record per measurement to RECORDS as JSON Lines: the
+measured fields of `pixelrts::bench::BenchRecord` (src/bench/history.rs). The script appends them
+with `pixelrts bench-append`, which fills in the environment (timestamp, git commit, version,
+machine) as every other record gets it and refuses the whole file if one line is not a record.
 
 Record names carry the sizes, so a QUICK run never compares against a full one:
   fuse_cp_random_<size>          cp out of the mount; reference_mb_sec = same-run pixelrts decode
@@ -21,10 +20,7 @@ Exits 1 when a check failed (a copy's SHA-256, a mismatching block, RSS over the
 printing the table and writing the records (failures are recorded, with roundtrip_ok false).
 """
 import argparse
-import datetime
 import json
-import os
-import subprocess
 import sys
 
 MB = 1e6  # BenchRecord's MB/s and peak_memory_mb use MB = 10^6 bytes
@@ -39,66 +35,12 @@ def label(n):
     return f"{n}B"
 
 
-def git_commit():
-    c = os.environ.get("PIXELRTS_GIT_COMMIT", "").strip()
-    if c:
-        return c
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             stdin=subprocess.DEVNULL)
-    except OSError:
-        return None
-    c = out.stdout.strip()
-    return c if out.returncode == 0 and c else None
-
-
-def cpu_model():
-    try:
-        info = open("/proc/cpuinfo").read()
-    except OSError:
-        return "unknown"
-    for key in ("model name", "Model", "Hardware", "cpu model", "cpu"):
-        for line in info.splitlines():
-            k, sep, v = line.partition(":")
-            if sep and k.strip() == key and v.strip():
-                return v.strip()
-    return "unknown"
-
-
-def now_rfc3339():
-    t = datetime.datetime.now(datetime.timezone.utc)
-    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
-
-
-def new_record(test_name, data_size, version, extra):
-    """The JSON object BenchRecord::new(test_name, data_size) serializes to, same key order."""
+def new_record(test_name, data_size, extra):
+    """The measured part of a record; `pixelrts bench-append` completes it."""
     return {
         "test_name": test_name,
         "data_size": data_size,
-        "grid_size": 0,
-        "encode_time": 0.0,
-        "decode_time": 0.0,
-        "total_time": 0.0,
-        "throughput_mb_sec": 0.0,
-        "peak_memory_mb": 0.0,
         "metadata": {"iterations": 1, "pattern": "random", "mode": "", **extra},
-        "timestamp": now_rfc3339(),
-        "git_commit": git_commit(),
-        "version": version,
-        "machine": {"cpu_model": cpu_model(), "cores": len(os.sched_getaffinity(0))},
-        "threads": 0,
-        "gpu": "none",
-        "encode_time_min": 0.0,
-        "encode_time_median": 0.0,
-        "encode_time_max": 0.0,
-        "decode_time_min": 0.0,
-        "decode_time_median": 0.0,
-        "decode_time_max": 0.0,
-        "encode_mb_sec": 0.0,
-        "decode_mb_sec": 0.0,
-        "size_ratio": 0.0,
-        "roundtrip_ok": True,
-        "reference_mb_sec": None,
     }
 
 
@@ -115,7 +57,6 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("results")
     ap.add_argument("records")
-    ap.add_argument("--version", default="", help="version of the pixelrts that was measured")
     a = ap.parse_args()
 
     r = {}
@@ -139,14 +80,14 @@ def main():
             failed.append(f"{what}: SHA-256 differs from the original")
 
     decode_mb_s = size / MB / num("decode_s")
-    rec = timed(new_record(f"fuse_cp_random_{sl}", size, a.version,
+    rec = timed(new_record(f"fuse_cp_random_{sl}", size,
                            {**common, "mode": "fuse-cp", "cache_size": cache}), num("fuse_cp_s"), size)
     rec["reference_mb_sec"] = decode_mb_s
     rec["roundtrip_ok"] = ok("fuse_cp_ok")
     records.append(rec)
     copy_row("fuse_cp", "cp out of the pixelrts mount")
 
-    rec = timed(new_record(f"decode_cli_random_{sl}", size, a.version,
+    rec = timed(new_record(f"decode_cli_random_{sl}", size,
                            {**common, "mode": "decode-cli"}), num("decode_s"), size)
     rec["roundtrip_ok"] = ok("decode_ok")
     rec["size_ratio"] = int(r["png_bytes"]) / size
@@ -154,7 +95,7 @@ def main():
     copy_row("decode", "pixelrts decode of the .rts.png")
 
     if has("squashfuse_cp_s"):
-        rec = timed(new_record(f"squashfuse_cp_random_{sl}", size, a.version,
+        rec = timed(new_record(f"squashfuse_cp_random_{sl}", size,
                                {**common, "mode": "squashfuse-gzip"}), num("squashfuse_cp_s"), size)
         rec["roundtrip_ok"] = ok("squashfuse_cp_ok")
         rec["size_ratio"] = int(r["sqfs_bytes"]) / size
@@ -164,7 +105,7 @@ def main():
     n = int(r["lat_size"])
     for phase in ("cold", "warm"):
         p50, p99 = num(f"lat_{phase}_p50_us"), num(f"lat_{phase}_p99_us")
-        rec = new_record(f"fuse_random_read_{n}B_{phase}_{sl}", n, a.version,
+        rec = new_record(f"fuse_random_read_{n}B_{phase}_{sl}", n,
                          {**common, "mode": f"fuse-{phase}", "reads": int(r["lat_reads"]),
                           "kernel_readahead": r.get("lat_readahead") == "1",
                           f"{phase}_p99_us": p99, "file_size": size})
@@ -179,7 +120,6 @@ def main():
     limit = cache + 64 * MiB
     within = hwm <= limit and rss <= limit
     rec = timed(new_record(f"fuse_rss_random_{label(rss_size)}_cache{label(cache)}", rss_size,
-                           a.version,
                            {**common, "mode": "fuse-rss", "cache_size": cache,
                             "vmhwm_bytes": hwm, "vmrss_bytes": rss,
                             "vmrss_after_mount_bytes": int(r["vmrss_start_kb"]) * 1024,

@@ -280,20 +280,11 @@ unmount "$mnt" "$rts_pid"
 records=$work/records/benchmark_history.jsonl
 mkdir -p "$work/records"
 status=0
-python3 scripts/bench-fuse-report.py "$results" "$records" --version "$version" || status=$?
+python3 scripts/bench-fuse-report.py "$results" "$records" || status=$?
 if [ "${NO_HISTORY:-0}" != 1 ]; then
-    # Load the records with pixelrts's own reader before they go into the shared history: the
-    # dashboard warns "...: skipped: ..." for a line that is not a valid BenchRecord and says
-    # how many records it read.
-    n=$(wc -l <"$records")
-    if ! "$bin" dashboard --results-dir "$work/records" --output "$work/records/check.html" 2>"$work/records/check.err" \
-        || grep -q "skipped" "$work/records/check.err" || ! grep -q "($n records)" "$work/records/check.err"; then
-        cat "$work/records/check.err" >&2
-        die "pixelrts could not load the records; history not changed"
-    fi
-    history=${HISTORY_DIR:-benchmark_results}
-    mkdir -p "$history"
-    cat "$records" >>"$history/benchmark_history.jsonl"   # one write of whole lines
-    note "appended $n records to $history/benchmark_history.jsonl"
+    # pixelrts completes the records (timestamp, commit, version, machine) and appends them
+    # all, or none when a line is not a valid record.
+    "$bin" bench-append --history "${HISTORY_DIR:-benchmark_results}" "$records" ||
+        die "pixelrts could not append the records; history not changed"
 fi
 exit "$status"

@@ -450,3 +450,45 @@ fn failed_round_trips() {
     assert_eq!(r.exit_code(), 1);
     assert!(r.render_table().contains("ROUNDTRIP FAILED"));
 }
+
+#[test]
+fn records_from_scripts_are_completed_or_refused_whole() {
+    use pixelrts::bench::complete_records;
+    let text = concat!(
+        r#"{"test_name":"fuse_cp_random_1GiB","data_size":1073741824,"decode_time":1.5,"#,
+        r#""reference_mb_sec":700.5,"metadata":{"mode":"fuse-cp","cache_size":268435456}}"#,
+        "\n\n",
+        r#"{"test_name":"x","data_size":4096,"roundtrip_ok":false}"#,
+        "\n"
+    );
+    let recs = complete_records(text).unwrap();
+    assert_eq!(recs.len(), 2);
+    let fresh = BenchRecord::new("fuse_cp_random_1GiB", 1 << 30);
+    assert_eq!(recs[0].decode_time, 1.5);
+    assert_eq!(recs[0].reference_mb_sec, Some(700.5));
+    assert_eq!(recs[0].metadata.mode, "fuse-cp");
+    assert_eq!(recs[0].metadata.extra["cache_size"], 268435456);
+    // The environment comes from this program, as for every other record.
+    assert_eq!(recs[0].version, fresh.version);
+    assert_eq!(recs[0].machine, fresh.machine);
+    assert!(!recs[0].timestamp.is_empty());
+    assert!(!recs[1].roundtrip_ok);
+
+    for (bad, why) in [
+        ("{\"data_size\":1}", "no test_name"),
+        ("{\"test_name\":\"a\"}", "no data_size"),
+        (
+            "{\"test_name\":\"a\",\"data_size\":1,\"version\":\"9\"}",
+            "filled in by pixelrts",
+        ),
+        (
+            "{\"test_name\":\"a\",\"data_size\":1,\"decode_time\":\"slow\"}",
+            "line 2",
+        ),
+        ("not json", "line 2"),
+    ] {
+        let text = format!("{{\"test_name\":\"ok\",\"data_size\":1}}\n{bad}\n");
+        let e = complete_records(&text).unwrap_err();
+        assert!(format!("{e:#}").contains(why), "{bad}: {e:#}");
+    }
+}

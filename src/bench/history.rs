@@ -224,6 +224,58 @@ pub fn history_path(dir: &Path) -> PathBuf {
     dir.join(HISTORY_FILE)
 }
 
+/// Fields of a record that describe the run's environment: [`BenchRecord::new`] fills them,
+/// never the caller of [`complete_records`].
+const ENVIRONMENT_FIELDS: [&str; 4] = ["timestamp", "git_commit", "version", "machine"];
+
+/// Records measured outside this program (scripts/bench-fuse.sh): each non-empty line of
+/// `text` is a JSON object with `test_name`, `data_size` and any other [`BenchRecord`]
+/// fields (`metadata` merged key by key); the rest is filled as [`BenchRecord::new`] does, so
+/// the environment fields have one writer. A line that is not such an object, or sets an
+/// environment field, is an error naming the line.
+pub fn complete_records(text: &str) -> Result<Vec<BenchRecord>> {
+    let mut records = Vec::new();
+    for (n, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let at = || format!("line {}", n + 1);
+        let partial: Map<String, Value> = serde_json::from_str(line).with_context(at)?;
+        let name = partial
+            .get("test_name")
+            .and_then(Value::as_str)
+            .with_context(|| format!("{}: no test_name", at()))?;
+        let size = partial
+            .get("data_size")
+            .and_then(Value::as_u64)
+            .with_context(|| format!("{}: no data_size", at()))?;
+        if let Some(k) = ENVIRONMENT_FIELDS
+            .iter()
+            .find(|k| partial.contains_key(**k))
+        {
+            anyhow::bail!("{}: {k} is filled in by pixelrts, not by the caller", at());
+        }
+        let mut full = match serde_json::to_value(BenchRecord::new(name, size))? {
+            Value::Object(m) => m,
+            _ => unreachable!("a record serializes to an object"),
+        };
+        for (k, v) in partial {
+            match (full.get_mut(&k), v) {
+                (Some(Value::Object(base)), Value::Object(extra)) if k == "metadata" => {
+                    base.extend(extra)
+                }
+                (_, v) => {
+                    full.insert(k, v);
+                }
+            }
+        }
+        let record: BenchRecord = serde_json::from_value(Value::Object(full)).with_context(at)?;
+        records.push(record);
+    }
+    Ok(records)
+}
+
 /// Appends `records` to `dir/benchmark_history.jsonl`, one JSON object per line,
 /// creating `dir` and the file as needed. Returns the file's path.
 pub fn append_history(dir: &Path, records: &[BenchRecord]) -> Result<PathBuf> {

@@ -16,8 +16,8 @@ pub mod runner;
 
 pub use dashboard::render_dashboard;
 pub use history::{
-    append_history, history_path, load_history, load_records_file, BenchMetadata, BenchRecord,
-    LoadedHistory, MachineInfo, HISTORY_FILE,
+    append_history, complete_records, history_path, load_history, load_records_file, BenchMetadata,
+    BenchRecord, LoadedHistory, MachineInfo, HISTORY_FILE,
 };
 pub use patterns::{write_pattern, write_pattern_to, Pattern};
 pub use regression::{

@@ -78,6 +78,10 @@ enum Command {
     /// (`scripts/bench-gpu.sh`).
     #[command(hide = true)]
     BenchGpu(BenchGpuArgs),
+    /// Append records measured by a script to the benchmark history, filling in the
+    /// environment fields (`scripts/bench-fuse.sh`).
+    #[command(hide = true)]
+    BenchAppend(BenchAppendArgs),
     /// Mount a folder of .rts.png files: each appears as its decoded file; files written to
     /// MOUNTPOINT/encode/ become .rts.png files in SOURCE when closed.
     #[command(
@@ -101,6 +105,15 @@ struct CatArgs {
     /// Directory for checkpoint indexes of plain PNGs [default: ~/.cache/pixelrts].
     #[arg(long)]
     checkpoint_dir: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct BenchAppendArgs {
+    /// JSON lines, each with test_name, data_size and any other record fields ("-": stdin).
+    input: PathBuf,
+    /// History directory (DIR/benchmark_history.jsonl).
+    #[arg(long, default_value = "benchmark_results")]
+    history: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -304,6 +317,7 @@ fn dispatch(command: Command, verbose: u8) -> anyhow::Result<i32> {
         Command::Cat(a) => cmd_cat(a),
         Command::BenchRandom(a) => cmd_bench_random(a),
         Command::BenchGpu(a) => cmd_bench_gpu(a),
+        Command::BenchAppend(a) => cmd_bench_append(a),
         Command::Doctor(a) => {
             let report = pixelrts::doctor::doctor_report(a.threads.unwrap_or(0));
             if a.json {
@@ -526,6 +540,21 @@ fn cmd_cat(a: CatArgs) -> anyhow::Result<i32> {
         }
         _ => Ok(0),
     }
+}
+
+/// All lines or none: a bad line leaves the history as it was.
+fn cmd_bench_append(a: BenchAppendArgs) -> anyhow::Result<i32> {
+    let text = if a.input.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin()).context("reading standard input")?
+    } else {
+        std::fs::read_to_string(&a.input)
+            .with_context(|| format!("reading {}", a.input.display()))?
+    };
+    let records = pixelrts::bench::complete_records(&text)
+        .with_context(|| format!("{}: not benchmark records", a.input.display()))?;
+    let path = pixelrts::bench::append_history(&a.history, &records)?;
+    eprintln!("appended {} records to {}", records.len(), path.display());
+    Ok(0)
 }
 
 /// Exit 0 with the figures, or with "NO GPU: …" when no GPU is usable (the script reports the
