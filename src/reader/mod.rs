@@ -462,7 +462,11 @@ impl Reader {
             }
         }
         let next_end = (block_end + READAHEAD_TILES).min(tiles);
+        // Not from a rayon worker: its caller's pool would run the job nested in its own
+        // joins, where a tile the job holds is decoded a second time rather than waited for
+        // (see `tiles`). Mount threads and plain callers are not workers.
         if next_end > block_end
+            && rayon::current_thread_index().is_none()
             && self.cache.budget() >= 4 * block_bytes
             && !block_cached(next_end)
             && !self.reading_ahead.swap(true, Ordering::AcqRel)
