@@ -10,7 +10,8 @@
 //! - **warm** reads: the same offsets, each read once untimed and then timed (a cache hit);
 //! - bytes inflated per byte served, from the cold reads;
 //! - sequential throughput through the reader (1 MiB reads) in a rayon pool of 1 and 2 threads,
-//!   against `decode` of the whole file with the same thread counts;
+//!   against `decode` of the whole file with the same thread counts (three alternated passes of
+//!   each, medians);
 //! - the file's size against a plain PNG of the same pixels (the `png` crate, default
 //!   compression and filtering).
 
@@ -107,6 +108,9 @@ impl Rng {
         self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
 }
+
+/// Passes of each sequential read (reader, then decode, alternated); medians are reported.
+const SEQUENTIAL_ROUNDS: usize = 3;
 
 fn drop_pages(file: &File) {
     // Clean pages only; best effort (the script also drops caches system-wide when root).
@@ -212,34 +216,42 @@ pub fn run(path: &Path, opts: &BenchOptions) -> Result<BenchReport> {
     // `decode` below both start from a cached file, whichever runs first.
     std::io::copy(&mut File::open(path).at(path)?, &mut std::io::sink()).at(path)?;
     for &threads in &opts.threads {
-        let reader = open(Arc::new(TileCache::default()))?;
-        let t = Instant::now();
-        pool(threads)?.install(|| -> Result<()> {
-            let mut buf = vec![0u8; 1 << 20];
-            let mut off = 0;
-            loop {
-                let n = reader.read_at(off, &mut buf)?;
-                if n == 0 {
-                    return Ok(());
+        // Alternated and repeated, medians kept: on a shared machine one pass of each can
+        // land in different moments of someone else's load.
+        let mut reader_s = Vec::new();
+        let mut decode_s = Vec::new();
+        for _ in 0..SEQUENTIAL_ROUNDS {
+            let reader = open(Arc::new(TileCache::default()))?;
+            let t = Instant::now();
+            pool(threads)?.install(|| -> Result<()> {
+                let mut buf = vec![0u8; 1 << 20];
+                let mut off = 0;
+                loop {
+                    let n = reader.read_at(off, &mut buf)?;
+                    if n == 0 {
+                        return Ok(());
+                    }
+                    off += n as u64;
                 }
-                off += n as u64;
-            }
-        })?;
-        let reader_s = t.elapsed().as_secs_f64();
-        let t = Instant::now();
-        decode::decode_to_writer(
-            path,
-            &mut std::io::sink(),
-            &DecodeOptions {
-                threads: Some(threads),
-                ..Default::default()
-            },
-        )?;
-        let decode_s = t.elapsed().as_secs_f64();
+            })?;
+            reader_s.push(t.elapsed().as_secs_f64());
+            let t = Instant::now();
+            decode::decode_to_writer(
+                path,
+                &mut std::io::sink(),
+                &DecodeOptions {
+                    threads: Some(threads),
+                    ..Default::default()
+                },
+            )?;
+            decode_s.push(t.elapsed().as_secs_f64());
+        }
+        reader_s.sort_by(f64::total_cmp);
+        decode_s.sort_by(f64::total_cmp);
         sequential.push(SequentialReport {
             threads,
-            reader_mib_s: mib / reader_s,
-            decode_mib_s: mib / decode_s,
+            reader_mib_s: mib / percentile(&reader_s, 0.5),
+            decode_mib_s: mib / percentile(&decode_s, 0.5),
         });
     }
     let plain_png_size = if opts.plain_png && reader.kind() != ReaderKind::Code && len > 0 {
