@@ -30,9 +30,9 @@ pub struct SeekableImage {
 /// Reusable per-thread state for tile decoding.
 pub struct TileScratch {
     inflater: Decompress,
-    piece: Vec<u8>,
     with_filter: Vec<u8>,
-    pub tile: Vec<u8>,
+    /// Bytes of one row-major tile.
+    tile_len: usize,
     run_pixels: Vec<u8>,
 }
 
@@ -40,9 +40,8 @@ impl TileScratch {
     pub fn new(image: &SeekableImage) -> Self {
         TileScratch {
             inflater: Decompress::new(false),
-            piece: Vec::with_capacity(4 * image.tables.tile_side() as usize + 1),
             with_filter: vec![0u8; 4 * image.tables.tile_side() as usize + 1],
-            tile: vec![0u8; 4 * image.tables.tile_pixels() as usize],
+            tile_len: 4 * image.tables.tile_pixels() as usize,
             run_pixels: Vec::new(),
         }
     }
@@ -269,37 +268,6 @@ impl SeekableImage {
             .collect()
     }
 
-    /// Inflates tile `j` (Hilbert order among tiles) into `scratch.tile` (row-major pixels) and
-    /// checks its CRC.
-    pub fn decode_tile(&self, j: u64, scratch: &mut TileScratch) -> Result<()> {
-        let place = self.tables.place_of(j);
-        let spans = self.piece_spans(place.row, place.column)?;
-        self.prefetch_if_cold(&spans);
-        let row_bytes = 4 * self.tables.tile_side() as usize;
-        for (r, &(at, len)) in spans.iter().enumerate() {
-            let mut piece = std::mem::take(&mut scratch.piece);
-            piece.resize(len as usize, 0);
-            let read = self.read_stream(at, &mut piece);
-            let inflated = read.and_then(|()| {
-                let mut tile = std::mem::take(&mut scratch.tile);
-                let res = self.inflate_row(
-                    j,
-                    place.row,
-                    place.column,
-                    r,
-                    &piece,
-                    scratch,
-                    &mut tile[r * row_bytes..(r + 1) * row_bytes],
-                );
-                scratch.tile = tile;
-                res
-            });
-            scratch.piece = piece;
-            inflated?;
-        }
-        self.check_tile_crc(j, &scratch.tile)
-    }
-
     /// Inflates one piece (row `r` of the tile at `column`, `stripe`) into `row`.
     #[allow(clippy::too_many_arguments)]
     fn inflate_row(
@@ -366,7 +334,7 @@ impl SeekableImage {
         run_buf: &mut Vec<u8>,
     ) -> Result<()> {
         let spans = self.run_spans(stripe, first_column, tiles.len())?;
-        let tile_len = scratch.tile.len();
+        let tile_len = scratch.tile_len;
         let mut pixels = std::mem::take(&mut scratch.run_pixels);
         pixels.resize(tile_len * tiles.len(), 0);
         let result = self.decode_run_into(
@@ -405,7 +373,7 @@ impl SeekableImage {
             &spans,
             pixels,
         )?;
-        let tile_len = scratch.tile.len();
+        let tile_len = scratch.tile_len;
         for (k, &j) in tiles.iter().enumerate() {
             self.check_tile_crc(j, &pixels[k * tile_len..(k + 1) * tile_len])?;
         }
@@ -425,7 +393,7 @@ impl SeekableImage {
         pixels: &mut [u8],
     ) -> Result<()> {
         self.inflate_run(stripe, first_column, tiles, scratch, run_buf, spans, pixels)?;
-        let tile_len = scratch.tile.len();
+        let tile_len = scratch.tile_len;
         for (k, (&j, out)) in tiles.iter().zip(outputs.iter_mut()).enumerate() {
             let tile = &pixels[k * tile_len..(k + 1) * tile_len];
             self.check_tile_crc(j, tile)?;
@@ -448,7 +416,7 @@ impl SeekableImage {
         pixels: &mut [u8],
     ) -> Result<()> {
         let row_bytes = 4 * self.tables.tile_side() as usize;
-        let tile_len = scratch.tile.len();
+        let tile_len = scratch.tile_len;
         for r in 0..self.tables.tile_side() as usize {
             let start = spans[0][r].0;
             let (last_at, last_len) = spans[tiles.len() - 1][r];
@@ -497,20 +465,6 @@ impl SeekableImage {
                 ),
             ));
         }
-        Ok(())
-    }
-
-    /// Decodes tile `j` and writes its payload bytes (Hilbert order) into `out`, which covers
-    /// the start of the tile's payload (it may be shorter than a whole tile).
-    pub fn decode_tile_payload(
-        &self,
-        j: u64,
-        scratch: &mut TileScratch,
-        out: &mut [u8],
-    ) -> Result<()> {
-        self.decode_tile(j, scratch)?;
-        let place = self.tables.place_of(j);
-        gather_tile(self.tables.positions(&place), &scratch.tile, out);
         Ok(())
     }
 }

@@ -663,7 +663,15 @@ impl Reader {
             .collect();
         let outputs: Option<Vec<&mut [u8]>> = payloads.iter_mut().map(Arc::get_mut).collect();
         let result = if let Some(mut outputs) = outputs {
-            self.decode_run_into(image, &tiles, &mut outputs, &mut scratch)
+            let place = image.tables.place_of(tiles[0]);
+            image.decode_run(
+                place.row,
+                place.column,
+                &tiles,
+                &mut outputs,
+                &mut scratch,
+                &mut Vec::new(),
+            )
         } else {
             // `TileCache::buffer` only hands out unique buffers.
             Err(Error::io(
@@ -682,30 +690,6 @@ impl Reader {
                 payload
             })
             .collect())
-    }
-
-    /// Decodes `tiles` (one stripe, adjacent columns) into `outputs`.
-    fn decode_run_into(
-        &self,
-        image: &SeekableImage,
-        tiles: &[u64],
-        outputs: &mut [&mut [u8]],
-        scratch: &mut TileScratch,
-    ) -> Result<()> {
-        if let [j] = tiles[..] {
-            image.decode_tile_payload(j, scratch, outputs[0])
-        } else {
-            let place = image.tables.place_of(tiles[0]);
-            let mut run_buf = Vec::new();
-            image.decode_run(
-                place.row,
-                place.column,
-                tiles,
-                outputs,
-                scratch,
-                &mut run_buf,
-            )
-        }
     }
 
     /// The checkpoint index of a plain PNG, loaded or built on first use.
