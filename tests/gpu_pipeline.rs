@@ -6,7 +6,8 @@
 use std::fs;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use pixelrts::decode::{decode_file, DecodeOptions};
 use pixelrts::encode::{encode_file, encode_to_vec, EncodeOptions};
@@ -350,4 +351,126 @@ fn gpu_on_without_gpu_fails() {
     assert!(!out.exists());
     decode_file(&png, &out, &DecodeOptions::default()).unwrap();
     assert_eq!(fs::read(&out).unwrap(), data);
+}
+
+/// Counts scatter calls as they start, for a waiter on the encoder's progress callback.
+#[derive(Default)]
+struct SignalsScatters {
+    started: Mutex<usize>,
+    cond: Condvar,
+}
+
+impl TileMapper for SignalsScatters {
+    fn name(&self) -> String {
+        "signals scatters".into()
+    }
+    fn scatter_tiles(
+        &self,
+        tables: &TileTables,
+        jobs: &[(TilePlace, &[u8])],
+        out: &mut [&mut [u8]],
+    ) -> Result<GpuTimings, GpuError> {
+        *self.started.lock().unwrap() += 1;
+        self.cond.notify_all();
+        CpuMapper.scatter_tiles(tables, jobs, out)
+    }
+    fn gather_tiles(
+        &self,
+        tables: &TileTables,
+        jobs: &[(TilePlace, &[u8])],
+        out: &mut [&mut [u8]],
+    ) -> Result<GpuTimings, GpuError> {
+        CpuMapper.gather_tiles(tables, jobs, out)
+    }
+    fn code_colour(&self, input: &[u8], out: &mut [u8]) -> Result<GpuTimings, GpuError> {
+        CpuMapper.code_colour(input, out)
+    }
+}
+
+/// The encoder overlaps the mapper with the CPU: the scatter of stripe 1 (on a GPU: transfers
+/// and kernels) starts while stripe 0 is being deflated. The progress callback, which the
+/// encoder calls once stripe 0's only row group is deflated, does not return until that second
+/// scatter has started. Without the overlap the scatter of stripe 1 would come only after that
+/// callback returned; the callback gives up after 20 s and the test fails.
+#[test]
+fn encoder_scatters_the_next_stripe_while_deflating_this_one() {
+    let data = sample(4 << 20, 77, false);
+    // Grid 1024, tiles of 256: four stripes of one row group each.
+    let (grid, tile_side_log2) = (1024u64, 8u8);
+    let mapper = Arc::new(SignalsScatters::default());
+    let waited_in_vain = Arc::new(AtomicUsize::new(0));
+    let (signals, missed) = (mapper.clone(), waited_in_vain.clone());
+    let opts = EncodeOptions {
+        grid_size: Some(grid),
+        tile_side_log2,
+        mapper: Some(mapper.clone()),
+        progress: Some(Arc::new(move |done, total| {
+            if done > total / 4 {
+                return;
+            }
+            let started = signals.started.lock().unwrap();
+            let (started, timeout) = signals
+                .cond
+                .wait_timeout_while(started, Duration::from_secs(20), |n| *n < 2)
+                .unwrap();
+            drop(started);
+            if timeout.timed_out() {
+                missed.fetch_add(1, Ordering::SeqCst);
+            }
+        })),
+        ..Default::default()
+    };
+    let (overlapped, _) = encode_to_vec(&data, &opts).expect("encode with overlap");
+    assert_eq!(
+        waited_in_vain.load(Ordering::SeqCst),
+        0,
+        "stripe 1 was not scattered while stripe 0 was deflated"
+    );
+    assert_eq!(*mapper.started.lock().unwrap(), 4, "one scatter per stripe");
+    let plain = EncodeOptions {
+        grid_size: Some(grid),
+        tile_side_log2,
+        gpu: GpuMode::Off,
+        ..Default::default()
+    };
+    assert!(overlapped == encode_to_vec(&data, &plain).unwrap().0);
+}
+
+/// Mapped decodes of several batches (16 MiB each) go through the overlapped inflate/gather
+/// and still give the input, batch after batch, in order.
+#[test]
+fn mapped_decode_of_many_batches_matches_the_input() {
+    let data = sample(40 << 20, 91, false);
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("big");
+    fs::write(&input, &data).unwrap();
+    let png = dir.path().join("big.rts.png");
+    let counting = Arc::new(Counting::default());
+    encode_file(
+        &input,
+        &png,
+        &EncodeOptions {
+            mapper: Some(counting.clone()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let counting = Arc::new(Counting::default());
+    decode_file(
+        &png,
+        &out,
+        &DecodeOptions {
+            verify: true,
+            mapper: Some(counting.clone()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        counting.gather.load(Ordering::Relaxed),
+        3,
+        "40 MiB in 16 MiB batches"
+    );
+    assert!(fs::read(&out).unwrap() == data);
 }

@@ -11,6 +11,7 @@ mod sequential;
 
 use std::fs::File;
 use std::io::{Read, Write};
+use std::ops::ControlFlow;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::sync_channel;
@@ -26,7 +27,9 @@ use crate::encode::{hex, Progress};
 use crate::error::{Error, IoContext, Result};
 use crate::format::metadata::{self, B64Source, Metadata, MetadataSource};
 use crate::format::png::{read_ihdr, ChunkHeader, ChunkWalker};
-use crate::gpu::{GpuMode, TileMapper};
+use crate::gpu::overlap::produce_consume;
+use crate::gpu::stages::{timed, Stage, StageClock};
+use crate::gpu::{GpuMode, GpuTimings, TileMapper};
 use crate::io_util::{with_threads, AtomicOutput};
 
 /// How to decode.
@@ -44,6 +47,8 @@ pub struct DecodeOptions {
     /// For tests and benchmarks: gather tiles through this mapper whatever `gpu` says (a
     /// [`crate::gpu::CpuMapper`] exercises the GPU's code path on the CPU).
     pub mapper: Option<Arc<dyn TileMapper>>,
+    /// For benchmarks: add each stage's busy time here (`pixelrts bench-gpu`).
+    pub stages: Option<Arc<StageClock>>,
 }
 
 /// What a decode produced.
@@ -526,7 +531,8 @@ fn decode_pixels(
 }
 
 /// Tiles in payload order, a batch at a time on the rayon pool; a writer thread writes and
-/// hashes the previous batch meanwhile.
+/// hashes the previous batch meanwhile. With a mapper, a helper thread inflates batch `i + 1`
+/// while the mapper gathers batch `i` ([`crate::gpu::overlap`]).
 fn decode_seekable(
     image: &SeekableImage,
     payload: u64,
@@ -539,43 +545,72 @@ fn decode_seekable(
     let batch_tiles = ((16u64 << 20) / tile_bytes)
         .max(rayon::current_num_threads() as u64)
         .max(1);
+    let batches = tiles.div_ceil(batch_tiles) as usize;
+    let batch_range = |b: usize| {
+        let first = b as u64 * batch_tiles;
+        (first, (first + batch_tiles).min(tiles))
+    };
     let (send_full, receive_full) = sync_channel::<(Vec<u8>, usize)>(1);
     let (send_empty, receive_empty) = sync_channel::<Vec<u8>>(3);
     for _ in 0..3 {
         send_empty.send(Vec::new()).expect("channel has room");
     }
+    let spare_pixels = std::sync::Mutex::new(Vec::<Vec<u8>>::new());
+    let clock = opts.stages.as_deref();
     std::thread::scope(|scope| -> Result<()> {
         let writer = scope.spawn(move || -> std::io::Result<()> {
             for (buf, len) in receive_full {
-                out.write(&buf[..len])?;
+                timed(clock, Stage::Write, || out.write(&buf[..len]))?;
                 let _ = send_empty.send(buf);
             }
             Ok(())
         });
-        let mut result = Ok(());
-        let mut first = 0u64;
-        while first < tiles {
-            let last = (first + batch_tiles).min(tiles);
+        // Mapper only: the batch's CRC-checked row-major pixels.
+        let inflate = |b: usize| -> Result<Option<InflatedBatch>> {
+            if mapper.is_none() {
+                return Ok(None);
+            }
+            let (first, last) = batch_range(b);
+            let spare = spare_pixels.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            timed(clock, Stage::Codec, || {
+                inflate_batch(image, first, last, tile_bytes, spare.unwrap_or_default())
+            })
+            .map(Some)
+        };
+        let deliver = |b: usize, inflated: Option<InflatedBatch>| -> Result<ControlFlow<()>> {
+            let (first, last) = batch_range(b);
             let start_byte = first * tile_bytes;
             let end_byte = (last * tile_bytes).min(payload);
             let len = (end_byte - start_byte) as usize;
             let Ok(mut buf) = receive_empty.recv() else {
-                break;
+                // The writer stopped; its error is reported below.
+                return Ok(ControlFlow::Break(()));
             };
             buf.resize(len.max(buf.len()), 0);
-            let decoded = decode_batch(image, first, last, tile_bytes, &mut buf[..len], mapper);
-            if let Err(e) = decoded {
-                result = Err(e);
-                break;
+            match (inflated, mapper) {
+                (Some(batch), Some(mapper)) => {
+                    let spent = gather_batch(image, &batch, tile_bytes, &mut buf[..len], mapper)?;
+                    if let Some(clock) = clock {
+                        clock.add_mapper(&spent);
+                    }
+                    spare_pixels
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(batch.pixels);
+                }
+                _ => timed(clock, Stage::Codec, || {
+                    decode_batch(image, first, last, tile_bytes, &mut buf[..len])
+                })?,
             }
             if send_full.send((buf, len)).is_err() {
-                break;
+                return Ok(ControlFlow::Break(()));
             }
             if let Some(p) = &opts.progress {
                 p(end_byte, payload);
             }
-            first = last;
-        }
+            Ok(ControlFlow::Continue(()))
+        };
+        let result = produce_consume(batches, mapper.is_some(), inflate, deliver);
         drop(send_full);
         let written = writer.join().expect("writer thread panicked");
         result?;
@@ -583,8 +618,46 @@ fn decode_seekable(
     })
 }
 
-/// Adjacent tiles of one stripe: (stripe, first column, Hilbert indices, output slots).
-type TileRun<'a> = (u64, u64, Vec<u64>, Vec<&'a mut [u8]>);
+/// Longest run of adjacent tiles decoded by one task.
+const MAX_RUN: usize = 8;
+
+/// Adjacent tiles of one stripe, decoded by one task.
+struct TileRun {
+    stripe: u64,
+    first_column: u64,
+    /// Hilbert indices, left to right.
+    tiles: Vec<u64>,
+}
+
+/// Tiles `first..last` grouped into runs of adjacent tiles of one stripe (at most
+/// [`MAX_RUN`]), in file order.
+fn batch_runs(image: &SeekableImage, first: u64, last: u64) -> Vec<TileRun> {
+    let mut places: Vec<(u64, u64, u64)> = (first..last)
+        .map(|j| {
+            let p = image.tables.place_of(j);
+            (p.row, p.column, j)
+        })
+        .collect();
+    places.sort_unstable();
+    let mut runs: Vec<TileRun> = Vec::new();
+    for (stripe, column, j) in places {
+        match runs.last_mut() {
+            Some(run)
+                if run.stripe == stripe
+                    && run.first_column + run.tiles.len() as u64 == column
+                    && run.tiles.len() < MAX_RUN =>
+            {
+                run.tiles.push(j)
+            }
+            _ => runs.push(TileRun {
+                stripe,
+                first_column: column,
+                tiles: vec![j],
+            }),
+        }
+    }
+    runs
+}
 
 /// Decodes tiles `first..last` into `out` (their payloads, in order). Tiles of the batch that
 /// sit side by side in a stripe are decoded together, one read per scanline for all of them.
@@ -594,63 +667,107 @@ fn decode_batch(
     last: u64,
     tile_bytes: u64,
     out: &mut [u8],
-    mapper: Option<&dyn TileMapper>,
 ) -> Result<()> {
-    /// Longest run of adjacent tiles decoded by one task.
-    const MAX_RUN: usize = 8;
     let mut slots: Vec<Option<&mut [u8]>> = out.chunks_mut(tile_bytes as usize).map(Some).collect();
-    let mut places: Vec<(u64, u64, u64)> = (first..last)
-        .map(|j| {
-            let p = image.tables.place_of(j);
-            (p.row, p.column, j)
+    let runs: Vec<_> = batch_runs(image, first, last)
+        .into_iter()
+        .map(|run| {
+            let outs: Vec<&mut [u8]> = run
+                .tiles
+                .iter()
+                .map(|&j| slots[(j - first) as usize].take().expect("each tile once"))
+                .collect();
+            (run, outs)
         })
         .collect();
-    places.sort_unstable();
-    let mut runs: Vec<TileRun<'_>> = Vec::new();
-    for (stripe, column, j) in places {
-        let slot = slots[(j - first) as usize].take().expect("each tile once");
-        match runs.last_mut() {
-            Some((s, c0, tiles, outs))
-                if *s == stripe && *c0 + tiles.len() as u64 == column && tiles.len() < MAX_RUN =>
-            {
-                tiles.push(j);
-                outs.push(slot);
-            }
-            _ => runs.push((stripe, column, vec![j], vec![slot])),
-        }
-    }
-    let Some(mapper) = mapper else {
-        return runs.into_par_iter().try_for_each_init(
-            || (TileScratch::new(image), Vec::new()),
-            |(scratch, run_buf), (stripe, c0, tiles, mut outs)| {
-                image.decode_run(stripe, c0, &tiles, &mut outs, scratch, run_buf)
-            },
-        );
-    };
-    // Through a mapper: inflate (and CRC-check) every tile of the batch into row-major pixels
-    // on the pool, then gather the whole batch in one call (one transfer each way for a GPU).
+    runs.into_par_iter().try_for_each_init(
+        || (TileScratch::new(image), Vec::new()),
+        |(scratch, run_buf), (run, mut outs)| {
+            image.decode_run(
+                run.stripe,
+                run.first_column,
+                &run.tiles,
+                &mut outs,
+                scratch,
+                run_buf,
+            )
+        },
+    )
+}
+
+/// A batch inflated for a mapper: `pixels` holds the CRC-checked row-major tiles of
+/// `order` (Hilbert indices, in file order), one after the other.
+struct InflatedBatch {
+    first: u64,
+    order: Vec<u64>,
+    pixels: Vec<u8>,
+}
+
+/// Inflates and CRC-checks tiles `first..last` on the pool, into `pixels` (reused).
+fn inflate_batch(
+    image: &SeekableImage,
+    first: u64,
+    last: u64,
+    tile_bytes: u64,
+    mut pixels: Vec<u8>,
+) -> Result<InflatedBatch> {
     let tile_len = tile_bytes as usize;
-    let mut pixels = vec![0u8; (last - first) as usize * tile_len];
-    let mut pieces: Vec<(&TileRun<'_>, &mut [u8])> = Vec::with_capacity(runs.len());
+    let runs = batch_runs(image, first, last);
+    pixels.resize((last - first) as usize * tile_len, 0);
+    let mut pieces: Vec<(&TileRun, &mut [u8])> = Vec::with_capacity(runs.len());
     let mut rest = &mut pixels[..];
     for run in &runs {
-        let (mine, tail) = rest.split_at_mut(run.2.len() * tile_len);
+        let (mine, tail) = rest.split_at_mut(run.tiles.len() * tile_len);
         pieces.push((run, mine));
         rest = tail;
     }
     pieces.into_par_iter().try_for_each_init(
         || (TileScratch::new(image), Vec::new()),
-        |(scratch, run_buf), ((stripe, c0, tiles, _), run_pixels)| {
-            image.decode_run_pixels(*stripe, *c0, tiles, run_pixels, scratch, run_buf)
+        |(scratch, run_buf), (run, run_pixels)| {
+            image.decode_run_pixels(
+                run.stripe,
+                run.first_column,
+                &run.tiles,
+                run_pixels,
+                scratch,
+                run_buf,
+            )
         },
     )?;
-    let jobs: Vec<(crate::format::hilbert::TilePlace, &[u8])> = runs
+    let order = runs.into_iter().flat_map(|run| run.tiles).collect();
+    Ok(InflatedBatch {
+        first,
+        order,
+        pixels,
+    })
+}
+
+/// Gathers an inflated batch through `mapper` in one call (one transfer each way for a GPU)
+/// into `out`, the payloads of its tiles in order.
+fn gather_batch(
+    image: &SeekableImage,
+    batch: &InflatedBatch,
+    tile_bytes: u64,
+    out: &mut [u8],
+    mapper: &dyn TileMapper,
+) -> Result<GpuTimings> {
+    let tile_len = tile_bytes as usize;
+    let mut slots: Vec<Option<&mut [u8]>> = out.chunks_mut(tile_len).map(Some).collect();
+    let jobs: Vec<(crate::format::hilbert::TilePlace, &[u8])> = batch
+        .order
         .iter()
-        .flat_map(|run| run.2.iter())
-        .zip(pixels.chunks(tile_len))
+        .zip(batch.pixels.chunks(tile_len))
         .map(|(&j, tile)| (image.tables.place_of(j), tile))
         .collect();
-    let mut outs: Vec<&mut [u8]> = runs.into_iter().flat_map(|(_, _, _, outs)| outs).collect();
+    let mut outs: Vec<&mut [u8]> = batch
+        .order
+        .iter()
+        .map(|&j| {
+            slots[(j - batch.first) as usize]
+                .take()
+                .expect("each tile once")
+        })
+        .collect();
     mapper
         .gather_tiles(&image.tables, &jobs, &mut outs)
         .map_err(|e| {
@@ -658,6 +775,5 @@ fn decode_batch(
                 "{}: GPU tile gather failed: {e}",
                 image.path().display()
             ))
-        })?;
-    Ok(())
+        })
 }

@@ -11,11 +11,14 @@
 //! When a GPU is selected (`EncodeOptions::gpu`, or a mapper forced by a test) each stripe's
 //! non-empty tiles are instead coloured (code mode) and scattered through the
 //! [`TileMapper`] in one batch — one transfer each way per stripe, `4·grid·T` bytes of tiles — and
-//! the row groups copy their rows from those tiles; the output is the same byte for byte.
+//! the row groups copy their rows from those tiles; the output is the same byte for byte. The
+//! scatter runs on a helper thread one stripe ahead ([`crate::gpu::overlap`]), so the mapper's
+//! transfers and kernels for stripe `i + 1` overlap the deflate of stripe `i`.
 
 mod writer;
 
 use std::io::{Seek, SeekFrom, Write};
+use std::ops::ControlFlow;
 use std::path::Path;
 use std::sync::mpsc::sync_channel;
 use std::sync::Arc;
@@ -31,7 +34,9 @@ use crate::format::index::{self, IndexHeader};
 use crate::format::metadata::{self, Mode, HASH_PLACEHOLDER};
 use crate::format::png::{chunk_bytes, Ihdr, SIGNATURE};
 use crate::format::segment::{adler32, PieceCompressor, ZLIB_HEADER};
-use crate::gpu::{GpuMode, TileMapper};
+use crate::gpu::overlap::produce_consume;
+use crate::gpu::stages::{timed, Stage, StageClock};
+use crate::gpu::{GpuMode, GpuTimings, TileMapper};
 use crate::io_util::{with_threads, AtomicOutput, MappedInput};
 use writer::{GroupOutput, StreamWriter};
 
@@ -73,6 +78,8 @@ pub struct EncodeOptions {
     /// For tests and benchmarks: run the scatter and colouring through this mapper whatever
     /// `gpu` says (a [`crate::gpu::CpuMapper`] exercises the GPU's code path on the CPU).
     pub mapper: Option<Arc<dyn TileMapper>>,
+    /// For benchmarks: add each stage's busy time here (`pixelrts bench-gpu`).
+    pub stages: Option<Arc<StageClock>>,
 }
 
 impl Default for EncodeOptions {
@@ -91,6 +98,7 @@ impl Default for EncodeOptions {
             progress: None,
             gpu: GpuMode::Auto,
             mapper: None,
+            stages: None,
         }
     }
 }
@@ -241,6 +249,7 @@ fn encode_core<W: Write + Seek + Send>(
         )));
     }
     let draw_code = opts.mode == Mode::Code && code_mode::is_wasm(data);
+    let clock = opts.stages.as_deref();
     // Chosen once per job; None is the CPU fast path (gather fused into the row compression).
     let mapper = crate::gpu::pipeline_mapper(opts.gpu, opts.mapper.as_ref(), n)
         .map_err(|e| Error::Gpu(e.to_string()))?;
@@ -350,16 +359,18 @@ fn encode_core<W: Write + Seek + Send>(
     let (digest, stream_result) = std::thread::scope(|scope| -> Result<_> {
         // SHA-256 of the input: one sequential stream, on its own thread.
         let hasher = scope.spawn(|| {
-            let mut sha = Sha256::new();
-            let block = 4 << 20;
-            let mut at = 0;
-            while at < data.len() {
-                let end = (at + block).min(data.len());
-                sha.update(&data[at..end]);
-                release(at..end);
-                at = end;
-            }
-            sha.finalize()
+            timed(clock, Stage::Hash, || {
+                let mut sha = Sha256::new();
+                let block = 4 << 20;
+                let mut at = 0;
+                while at < data.len() {
+                    let end = (at + block).min(data.len());
+                    sha.update(&data[at..end]);
+                    release(at..end);
+                    at = end;
+                }
+                sha.finalize()
+            })
         });
 
         let (send, receive) = sync_channel::<Vec<GroupOutput>>(2);
@@ -368,16 +379,18 @@ fn encode_core<W: Write + Seek + Send>(
                 .write_raw(&ZLIB_HEADER)
                 .map_err(|e| Error::io(out_path, e))?;
             for group in receive {
-                stream
-                    .write_group(group)
+                timed(clock, Stage::Write, || stream.write_group(group))
                     .map_err(|e| Error::io(out_path, e))?;
             }
-            stream.finish().map_err(|e| Error::io(out_path, e))
+            timed(clock, Stage::Write, || stream.finish()).map_err(|e| Error::io(out_path, e))
         });
 
-        let mut failed = false;
-        let mut mapper_error = None;
-        for stripe in 0..tiles_per_side {
+        // A stripe's tile jobs, and with a mapper its scattered row-major tiles. With a mapper
+        // this runs on a helper thread one stripe ahead, so the mapper (a GPU's transfers and
+        // kernels) works on stripe i + 1 while the pool deflates stripe i.
+        let spare_tiles = std::sync::Mutex::new(Vec::<Vec<u8>>::new());
+        let prepare_stripe = |stripe: usize| -> Result<(Vec<TileJob<'_>>, Vec<u8>)> {
+            let stripe = stripe as u64;
             let jobs: Vec<TileJob> = (0..tiles_per_side)
                 .into_par_iter()
                 .map(|column| {
@@ -396,52 +409,63 @@ fn encode_core<W: Write + Seek + Send>(
                     }
                 })
                 .collect();
-            // Through a mapper the whole stripe is scattered in one batch (one transfer each
-            // way for a GPU) before its row groups are compressed from the row-major tiles.
-            let mut stripe_tiles = Vec::new();
+            let spare = spare_tiles.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            let mut stripe_tiles = spare.unwrap_or_default();
             if let Some(m) = &mapper {
-                if let Err(e) = scatter_stripe(&**m, &tables, &jobs, draw_code, &mut stripe_tiles) {
-                    mapper_error = Some(Error::Gpu(format!(
-                        "{}: GPU tile scatter failed: {e}",
-                        out_path.display()
-                    )));
-                    break;
+                let spent = scatter_stripe(&**m, &tables, &jobs, draw_code, &mut stripe_tiles)
+                    .map_err(|e| {
+                        Error::Gpu(format!(
+                            "{}: GPU tile scatter failed: {e}",
+                            out_path.display()
+                        ))
+                    })?;
+                if let Some(clock) = clock {
+                    clock.add_mapper(&spent);
                 }
             }
+            Ok((jobs, stripe_tiles))
+        };
+        let compress_stripe = |stripe: usize,
+                               (jobs, stripe_tiles): (Vec<TileJob<'_>>, Vec<u8>)|
+         -> Result<ControlFlow<()>> {
+            let stripe = stripe as u64;
             let tile_of = |k: usize| {
                 mapper
                     .as_ref()
                     .map(|_| &stripe_tiles[k * tile_bytes as usize..][..tile_bytes as usize])
             };
+            let mut flow = ControlFlow::Continue(());
             for group in 0..groups_per_stripe {
                 let first_row = group * rows_per_group;
-                let outputs: Vec<GroupOutput> = jobs
-                    .par_iter()
-                    .enumerate()
-                    .map_init(
-                        || {
-                            (
-                                PieceCompressor::new(level),
-                                Vec::with_capacity(4 * tile_side as usize + 1),
-                            )
-                        },
-                        |(compressor, raw), (k, job)| {
-                            encode_group(
-                                &tables,
-                                job,
-                                tile_of(k),
-                                first_row,
-                                rows_per_group,
-                                draw_code,
-                                compressor,
-                                raw,
-                                &zero_pieces,
-                            )
-                        },
-                    )
-                    .collect();
+                let outputs: Vec<GroupOutput> = timed(clock, Stage::Codec, || {
+                    jobs.par_iter()
+                        .enumerate()
+                        .map_init(
+                            || {
+                                (
+                                    PieceCompressor::new(level),
+                                    Vec::with_capacity(4 * tile_side as usize + 1),
+                                )
+                            },
+                            |(compressor, raw), (k, job)| {
+                                encode_group(
+                                    &tables,
+                                    job,
+                                    tile_of(k),
+                                    first_row,
+                                    rows_per_group,
+                                    draw_code,
+                                    compressor,
+                                    raw,
+                                    &zero_pieces,
+                                )
+                            },
+                        )
+                        .collect()
+                });
                 if send.send(outputs).is_err() {
-                    failed = true;
+                    // The writer stopped; its error is reported below.
+                    flow = ControlFlow::Break(());
                     break;
                 }
                 if let Some(p) = &progress {
@@ -455,16 +479,24 @@ fn encode_core<W: Write + Seek + Send>(
                     release(start..start + job.payload.len());
                 }
             }
-            if failed {
-                break;
+            if mapper.is_some() {
+                spare_tiles
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(stripe_tiles);
             }
-        }
+            Ok(flow)
+        };
+        let stripes_result = produce_consume(
+            tiles_per_side as usize,
+            mapper.is_some(),
+            prepare_stripe,
+            compress_stripe,
+        );
         drop(send);
         let stream_result = writer.join().expect("writer thread panicked");
         let digest = hasher.join().expect("hash thread panicked");
-        if let Some(e) = mapper_error {
-            return Err(e);
-        }
+        stripes_result?;
         Ok((digest, stream_result))
     })?;
     let summary = stream_result?;
@@ -679,15 +711,16 @@ fn scatter_stripe(
     jobs: &[TileJob<'_>],
     draw_code: bool,
     tiles: &mut Vec<u8>,
-) -> std::result::Result<(), crate::gpu::GpuError> {
+) -> std::result::Result<GpuTimings, crate::gpu::GpuError> {
     let tile_bytes = 4 * tables.tile_pixels() as usize;
     tiles.clear();
     tiles.resize(jobs.len() * tile_bytes, 0);
     let live: Vec<usize> = (0..jobs.len())
         .filter(|&k| jobs[k].kind != TileKind::Empty)
         .collect();
+    let mut spent = GpuTimings::default();
     if live.is_empty() {
-        return Ok(());
+        return Ok(spent);
     }
     // Colour all live payloads in one mapper call, laid end to end at whole-tile offsets.
     let coloured = if draw_code {
@@ -699,7 +732,7 @@ fn scatter_stripe(
             input.resize(input.len() + tile_bytes - p.len(), 0);
         }
         let mut out = vec![0u8; input.len()];
-        mapper.code_colour(&input, &mut out)?;
+        spent.accumulate(&mapper.code_colour(&input, &mut out)?);
         Some(out)
     } else {
         None
@@ -727,8 +760,8 @@ fn scatter_stripe(
         rest = tail;
         at = k + 1;
     }
-    mapper.scatter_tiles(tables, &inputs, &mut outs)?;
-    Ok(())
+    spent.accumulate(&mapper.scatter_tiles(tables, &inputs, &mut outs)?);
+    Ok(spent)
 }
 
 /// One tile-wide scanline: pixel `x` is payload pixel `row_locals[x]` (zero past the data),

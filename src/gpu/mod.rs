@@ -14,7 +14,9 @@
 pub mod bench;
 mod cuda;
 mod kernels;
+pub(crate) mod overlap;
 mod probe;
+pub mod stages;
 
 use std::fmt;
 use std::str::FromStr;
