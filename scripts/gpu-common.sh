@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by test-gpu.sh and bench-gpu.sh (sourced, not run).
 #
 # Test executables come from cargo when it is available, or from a directory of prebuilt ones
@@ -5,7 +6,7 @@
 #   scripts/test-gpu.sh --build-only gpu-bin
 # (useful when the GPU machine has no Rust toolchain or no network for crates.io).
 
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
+cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 2
 BIN_DIR="${PIXELRTS_GPU_BIN_DIR:-gpu-bin}"
 
 # Prints "<kind> <path>" for the lib test executable ("lib") and tests/gpu.rs ("gpu").

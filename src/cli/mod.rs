@@ -74,8 +74,8 @@ enum Command {
     /// Random-access benchmark of one file (cold/warm latency, sequential throughput).
     #[command(hide = true)]
     BenchRandom(BenchRandomArgs),
-    /// CPU against GPU for scatter, gather and code colouring, stage by stage
-    /// (`scripts/bench-gpu.sh`).
+    /// CPU against GPU, stage by stage: scatter, gather and code colouring alone, and whole
+    /// encode/decode jobs (`scripts/bench-gpu.sh`).
     #[command(hide = true)]
     BenchGpu(BenchGpuArgs),
     /// Append records measured by a script to the benchmark history, filling in the
@@ -124,6 +124,13 @@ struct BenchGpuArgs {
     /// Also write the figures as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Folder for the scratch files (about three times the largest size) [default: the
+    /// system's temporary folder].
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Measure the CPU rows alone (no GPU needed): the fast path and the mapper path.
+    #[arg(long)]
+    cpu_only: bool,
 }
 
 #[derive(Args, Debug)]
@@ -560,27 +567,30 @@ fn cmd_bench_append(a: BenchAppendArgs) -> anyhow::Result<i32> {
 /// Exit 0 with the figures, or with "NO GPU: …" when no GPU is usable (the script reports the
 /// reason); a failing comparison (a GPU result that differs from the CPU's) is an error.
 fn cmd_bench_gpu(a: BenchGpuArgs) -> anyhow::Result<i32> {
+    use pixelrts::gpu::bench;
     let sizes: Vec<u64> = if a.sizes_mib.is_empty() {
-        pixelrts::gpu::bench::DEFAULT_SIZES.to_vec()
+        bench::DEFAULT_SIZES.to_vec()
     } else {
         a.sizes_mib.iter().map(|m| m << 20).collect()
     };
-    match pixelrts::gpu::bench::compare(&sizes) {
-        Ok(report) => {
-            println!("{report}");
-            if let Some(path) = &a.json {
-                std::fs::write(path, serde_json::to_string_pretty(&report)?)
-                    .with_context(|| format!("writing {}", path.display()))?;
-                println!("JSON written to {}", path.display());
-            }
-            Ok(0)
-        }
+    let gpu = match bench::open_gpu(a.cpu_only) {
+        Ok(gpu) => gpu,
         Err(pixelrts::gpu::GpuError::Unavailable(reason)) => {
-            println!("NO GPU: benchmark skipped: no usable NVIDIA GPU ({reason})");
-            Ok(0)
+            println!("NO GPU: benchmark skipped: no usable NVIDIA GPU ({reason}); --cpu-only measures the CPU rows alone");
+            return Ok(0);
         }
-        Err(e) => Err(anyhow::anyhow!("GPU benchmark failed: {e}")),
+        Err(e) => return Err(anyhow::anyhow!("GPU benchmark failed: {e}")),
+    };
+    let dir = a.dir.clone().unwrap_or_else(std::env::temp_dir);
+    let report = bench::compare(gpu.as_ref(), &sizes, &dir)
+        .map_err(|e| anyhow::anyhow!("GPU benchmark failed: {e}"))?;
+    println!("{report}");
+    if let Some(path) = &a.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("JSON written to {}", path.display());
     }
+    Ok(0)
 }
 
 fn cmd_bench_random(a: BenchRandomArgs) -> anyhow::Result<i32> {
