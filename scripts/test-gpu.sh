@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# GPU identity tests: the GPU's scatter, gather and code colouring must equal the CPU's byte for
+# First the kernels' compile test: NVRTC builds them for every listed architecture and as PTX
+# (PIXELRTS_REQUIRE_NVRTC, default PIXELRTS_REQUIRE_GPU, makes a missing NVRTC a failure).
+# Then the GPU identity tests: the GPU's scatter, gather and code colouring must equal the CPU's byte for
 # byte (random sizes, both directions), then the whole pipeline: `pixelrts encode/decode --gpu on`
 # must write exactly the files `--gpu off` writes (random sizes, standard and code mode).
 # PIXELRTS_REQUIRE_GPU=1 (the default here) turns "skipped: no usable NVIDIA GPU" into a failure,
@@ -22,9 +24,13 @@ show_machine
 find_test_executables
 
 export PIXELRTS_REQUIRE_GPU="${PIXELRTS_REQUIRE_GPU:-1}"
+# A usable GPU implies NVRTC; without one, NVRTC alone still compiles the kernels.
+export PIXELRTS_REQUIRE_NVRTC="${PIXELRTS_REQUIRE_NVRTC:-$PIXELRTS_REQUIRE_GPU}"
 export RUST_LOG="${RUST_LOG:-pixelrts=debug}"
+echo "== the kernels compile with NVRTC for every listed architecture and PTX (tests/gpu.rs)"
+"$GPU_TEST" --nocapture --test-threads=1 kernels_compile
 echo "== GPU identity tests (tests/gpu.rs)"
-"$GPU_TEST" --nocapture --test-threads=1
+"$GPU_TEST" --nocapture --test-threads=1 --skip kernels_compile
 echo "== GPU, mapper and doctor unit tests"
 "$LIB_TEST" --nocapture --test-threads=1 gpu:: doctor::
 

@@ -8,7 +8,7 @@ use std::process::Command;
 
 use serde::Serialize;
 
-use crate::gpu::{Gpu, GpuError, GpuInfo, GpuMode};
+use crate::gpu::{check_kernels_compile, Gpu, GpuError, GpuInfo, GpuMode, KernelCompileCheck};
 
 /// Everything `doctor` found.
 #[derive(Clone, Debug, Serialize)]
@@ -27,7 +27,28 @@ pub struct GpuSection {
     pub info: Option<GpuInfo>,
     /// Why no GPU can be used (library missing, no device, initialisation error, ...).
     pub reason: Option<String>,
+    /// Without a usable GPU: do the kernels compile with NVRTC alone? (An opened GPU has
+    /// compiled them already; see `info.kernel_image`.)
+    pub nvrtc: Option<NvrtcSection>,
 }
+
+/// NVRTC on its own, without GPU or driver: `gpu::check_kernels_compile` for [`DOCTOR_ARCHS`].
+#[derive(Clone, Debug, Serialize)]
+pub struct NvrtcSection {
+    /// NVRTC loaded and compiled every image with all kernels.
+    pub kernels_compile: bool,
+    /// "compile with NVRTC 12.9 (cubin sm_90, ptx)", or why not.
+    pub summary: String,
+    /// The check, when NVRTC could be used.
+    pub check: Option<KernelCompileCheck>,
+    /// Why NVRTC could not be used ("libnvrtc.so.12 not found (...)").
+    pub reason: Option<String>,
+}
+
+/// The architectures `doctor` compiles for (with the PTX): Hopper (H100/H200) only, to stay
+/// fast (~0.1 s in all, against ~0.4 s for the whole `gpu::KERNEL_ARCHS`, which the tests
+/// compile).
+pub const DOCTOR_ARCHS: [&str; 1] = ["sm_90"];
 
 /// Can `pixelrts mount` work?
 #[derive(Clone, Debug, Serialize)]
@@ -72,7 +93,8 @@ pub struct CacheSection {
 }
 
 /// Collects the report. `threads` is the worker count the command will use (0 = one per
-/// available CPU). Opening the GPU compiles its kernels, so this takes up to a second there.
+/// available CPU). Opening the GPU compiles its kernels, so this takes up to a second there;
+/// without a GPU, NVRTC (when present) compiles them for [`DOCTOR_ARCHS`] and PTX (~0.1 s).
 pub fn doctor_report(threads: usize) -> DoctorReport {
     DoctorReport {
         version: env!("CARGO_PKG_VERSION"),
@@ -84,26 +106,41 @@ pub fn doctor_report(threads: usize) -> DoctorReport {
 }
 
 fn gpu_section() -> GpuSection {
-    match Gpu::open(GpuMode::On) {
-        Ok(Some(gpu)) => GpuSection {
+    let opened = match Gpu::open(GpuMode::On) {
+        Ok(Some(gpu)) => Ok(gpu.info().clone()),
+        Ok(None) => Err("not opened".to_string()),
+        Err(GpuError::Unavailable(reason)) => Err(reason),
+        Err(e) => Err(e.to_string()),
+    };
+    match opened {
+        Ok(info) => GpuSection {
             usable: true,
-            info: Some(gpu.info().clone()),
+            info: Some(info),
             reason: None,
+            nvrtc: None,
         },
-        Ok(None) => GpuSection {
-            usable: false,
-            info: None,
-            reason: Some("not opened".into()),
-        },
-        Err(GpuError::Unavailable(reason)) => GpuSection {
+        Err(reason) => GpuSection {
             usable: false,
             info: None,
             reason: Some(reason),
+            nvrtc: Some(nvrtc_section()),
         },
-        Err(e) => GpuSection {
-            usable: false,
-            info: None,
-            reason: Some(e.to_string()),
+    }
+}
+
+fn nvrtc_section() -> NvrtcSection {
+    match check_kernels_compile(&DOCTOR_ARCHS) {
+        Ok(check) => NvrtcSection {
+            kernels_compile: check.all_compiled(),
+            summary: check.summary(),
+            check: Some(check),
+            reason: None,
+        },
+        Err(reason) => NvrtcSection {
+            kernels_compile: false,
+            summary: "not checked (NVRTC cannot be used)".to_string(),
+            check: None,
+            reason: Some(reason),
         },
     }
 }
@@ -326,6 +363,27 @@ impl fmt::Display for DoctorReport {
                     "  reason:          {}",
                     reason.as_deref().unwrap_or("unknown")
                 )?;
+                if let Some(n) = &self.gpu.nvrtc {
+                    match (&n.check, &n.reason) {
+                        (Some(c), _) => writeln!(
+                            f,
+                            "  nvrtc:           {} ({})",
+                            c.nvrtc_version, c.nvrtc_library
+                        )?,
+                        (None, reason) => writeln!(
+                            f,
+                            "  nvrtc:           {}",
+                            reason.as_deref().unwrap_or("unknown")
+                        )?,
+                    }
+                    writeln!(f, "  kernels:         {}", n.summary)?;
+                    for failure in n.check.iter().flat_map(|c| c.failures()) {
+                        writeln!(f, "    {}", failure.replace('\n', "\n    "))?;
+                    }
+                    for (target, log) in n.check.iter().flat_map(|c| c.warnings()) {
+                        writeln!(f, "    {target}: {}", log.replace('\n', "\n    "))?;
+                    }
+                }
                 writeln!(f, "  effect:          the CPU is used; --gpu on fails")?;
             }
         }
@@ -426,12 +484,44 @@ mod tests {
         ] {
             assert!(text.contains(section), "{section} missing from:\n{text}");
         }
+        let json = serde_json::to_value(&report).unwrap();
         if !report.gpu.usable {
             let reason = report.gpu.reason.as_deref().unwrap();
             assert!(!reason.is_empty());
             assert!(text.contains(reason), "{text}");
+            // NVRTC is reported on its own: its version and the kernels, or why not.
+            let nvrtc = report.gpu.nvrtc.as_ref().unwrap();
+            assert!(
+                text.contains("  nvrtc:  ") && text.contains("  kernels:  "),
+                "{text}"
+            );
+            assert!(text.contains(&nvrtc.summary), "{text}");
+            assert!(json["gpu"]["nvrtc"]["kernels_compile"].is_boolean());
+            match (&nvrtc.check, &nvrtc.reason) {
+                (Some(check), None) => {
+                    assert!(nvrtc.kernels_compile, "{text}");
+                    assert!(text.contains(&format!("nvrtc:           {}", check.nvrtc_version)));
+                    assert!(
+                        nvrtc.summary.starts_with("compile with NVRTC "),
+                        "{}",
+                        nvrtc.summary
+                    );
+                    assert_eq!(check.images.len(), DOCTOR_ARCHS.len() + 1);
+                }
+                (None, Some(reason)) => {
+                    assert!(
+                        std::env::var("PIXELRTS_REQUIRE_NVRTC").map_or(true, |v| v != "1"),
+                        "PIXELRTS_REQUIRE_NVRTC=1 but: {reason}"
+                    );
+                    assert!(!nvrtc.kernels_compile);
+                    assert!(reason.contains("libnvrtc"), "{reason}");
+                    assert!(text.contains(reason.as_str()), "{text}");
+                }
+                other => panic!("{other:?}"),
+            }
+        } else {
+            assert!(report.gpu.nvrtc.is_none());
         }
-        let json = serde_json::to_value(&report).unwrap();
         assert!(json["gpu"]["usable"].is_boolean());
         assert!(json["fuse"]["dev_fuse_present"].is_boolean());
         assert!(json["cpu"]["available_parallelism"].as_u64().unwrap() >= 1);

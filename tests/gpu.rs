@@ -3,10 +3,18 @@
 //! Without a usable NVIDIA GPU each test prints "skipped: no usable NVIDIA GPU (<reason>)" and
 //! passes, unless `PIXELRTS_REQUIRE_GPU=1` (set by `scripts/test-gpu.sh`), which turns the skip
 //! into a failure. The CPU/GPU benchmark is `pixelrts bench-gpu` (run by `scripts/bench-gpu.sh`).
+//!
+//! The `kernels_compile_*` tests need no GPU and no driver, only NVRTC (`libnvrtc.so.12`, e.g.
+//! from the PyPI wheel `nvidia-cuda-nvrtc-cu12` on `LD_LIBRARY_PATH`, as `.ci/run` does): they
+//! compile the kernels for every architecture of `KERNEL_ARCHS` and as PTX. Without NVRTC they
+//! print "skipped: <reason>" and pass, unless `PIXELRTS_REQUIRE_NVRTC=1`.
 
 use pixelrts::format::code_mode;
 use pixelrts::format::hilbert::{gather_tile, scatter_tile, TilePlace, TileTables};
-use pixelrts::gpu::{CpuMapper, Gpu, GpuError, GpuMode, TileMapper};
+use pixelrts::gpu::{
+    check_kernels_compile, check_source_compiles, CpuMapper, Gpu, GpuError, GpuMode, ImageStatus,
+    KernelCompileCheck, TileMapper, KERNEL_ARCHS, KERNEL_NAMES,
+};
 
 /// The GPU, or None after printing why the test is skipped (panics if a GPU is required).
 fn gpu_or_skip(test: &str) -> Option<Gpu> {
@@ -218,4 +226,134 @@ fn open_modes_behave() {
             assert!(Gpu::open(GpuMode::Auto).unwrap().is_none());
         }
     }
+}
+
+/// `check` (an NVRTC kernel check), or None after printing why the test is skipped: NVRTC
+/// cannot be loaded. With `PIXELRTS_REQUIRE_NVRTC=1` that is a failure instead.
+fn nvrtc_or_skip(
+    test: &str,
+    check: Result<KernelCompileCheck, String>,
+) -> Option<KernelCompileCheck> {
+    match check {
+        Ok(check) => Some(check),
+        Err(reason) => {
+            if std::env::var("PIXELRTS_REQUIRE_NVRTC").is_ok_and(|v| v == "1") {
+                panic!("{test}: PIXELRTS_REQUIRE_NVRTC=1 but NVRTC cannot be used: {reason}");
+            }
+            println!("{test}: skipped: {reason}");
+            None
+        }
+    }
+}
+
+/// The kernels compile with a real NVRTC (no GPU needed) for every listed architecture this
+/// NVRTC supports, and as PTX, and every image holds the three kernels.
+#[test]
+fn kernels_compile_with_nvrtc() {
+    let test = "kernels_compile_with_nvrtc";
+    let Some(check) = nvrtc_or_skip(test, check_kernels_compile(&KERNEL_ARCHS)) else {
+        return;
+    };
+    println!(
+        "{test}: NVRTC {} ({}), supports {}",
+        check.nvrtc_version,
+        check.nvrtc_library,
+        check
+            .supported_archs
+            .as_ref()
+            .map(|a| a.join(" "))
+            .unwrap_or_else(|| "(cannot say)".into())
+    );
+    for image in &check.images {
+        println!(
+            "  {:7} {:?} {:>7} bytes {:>7.1} ms{}",
+            image.target,
+            image.status,
+            image.bytes,
+            image.seconds * 1e3,
+            image
+                .error
+                .as_deref()
+                .map(|e| format!("  ({e})"))
+                .unwrap_or_default()
+        );
+        if !image.log.is_empty() {
+            println!("  NVRTC log for {}:\n{}", image.target, image.log);
+        }
+    }
+    println!("{test}: kernels {}", check.summary());
+    check.ensure_compiled().unwrap();
+    assert_eq!(check.images.len(), KERNEL_ARCHS.len() + 1);
+    for (image, arch) in check.images.iter().zip(KERNEL_ARCHS) {
+        assert_eq!(image.target, arch);
+        let supported = check
+            .supported_archs
+            .as_ref()
+            .is_none_or(|list| list.iter().any(|a| a == arch));
+        let want = if supported {
+            ImageStatus::Ok
+        } else {
+            ImageStatus::Skipped
+        };
+        assert_eq!(image.status, want, "{arch}: {:?}", image.error);
+    }
+    for image in check.images.iter().filter(|i| i.status == ImageStatus::Ok) {
+        assert!(
+            image.missing_kernels.is_empty() && image.bytes > 0,
+            "{image:?}"
+        );
+    }
+    let ptx = check.images.last().unwrap();
+    assert_eq!((ptx.target.as_str(), ptx.status), ("ptx", ImageStatus::Ok));
+}
+
+/// The check can fail: broken source gives errors carrying NVRTC's log, and an image without
+/// all three kernels is refused.
+#[test]
+fn kernels_compile_check_reports_nvrtc_errors() {
+    let test = "kernels_compile_check_reports_nvrtc_errors";
+    let broken = r#"extern "C" __global__ void pixelrts_scatter_tiles(unsigned int* out)
+{
+    out[0] = pixelrts_no_such_identifier;
+}
+"#;
+    let Some(check) = nvrtc_or_skip(test, check_source_compiles(broken, &["sm_90"])) else {
+        return;
+    };
+    assert!(!check.all_compiled());
+    assert_eq!(check.images.len(), 2);
+    for image in &check.images {
+        assert_eq!(image.status, ImageStatus::Failed, "{image:?}");
+        let error = image.error.as_deref().unwrap();
+        assert!(error.contains("NVRTC_ERROR_COMPILATION"), "{error}");
+        // The log: `error: identifier "pixelrts_no_such_identifier" is undefined`.
+        assert!(
+            error.contains("\"pixelrts_no_such_identifier\" is undefined"),
+            "{error}"
+        );
+    }
+    let err = check.ensure_compiled().unwrap_err();
+    println!("{test}: broken source:\n{err}");
+    assert!(err.contains("sm_90: ") && err.contains("ptx: "), "{err}");
+    assert!(err.contains("pixelrts_no_such_identifier"), "{err}");
+    assert!(
+        check.summary().starts_with("FAIL with NVRTC"),
+        "{}",
+        check.summary()
+    );
+
+    // Valid source with only one of the three kernels: it compiles, but the check refuses it.
+    let one_kernel = r#"extern "C" __global__ void pixelrts_scatter_tiles(unsigned int* out)
+{
+    out[threadIdx.x] = 1u;
+}
+"#;
+    let check = check_source_compiles(one_kernel, &["sm_90"]).unwrap();
+    for image in &check.images {
+        assert_eq!(image.status, ImageStatus::Failed, "{image:?}");
+        assert_eq!(image.missing_kernels, &KERNEL_NAMES[1..], "{image:?}");
+    }
+    let err = check.ensure_compiled().unwrap_err();
+    println!("{test}: one kernel only:\n{err}");
+    assert!(err.contains("kernels missing from the image"), "{err}");
 }

@@ -77,7 +77,7 @@ fn driver(context: &'static str) -> impl FnOnce(DriverError) -> GpuError {
     }
 }
 
-fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+pub(super) fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
         (*s).to_string()
     } else if let Some(s) = payload.downcast_ref::<String>() {
@@ -162,11 +162,7 @@ impl Gpu {
             .result()
             .map_err(|e| format!("cuDriverGetVersion failed: {e}"))?;
         let cuda_version = format!("{}.{}", version / 1000, version % 1000 / 10);
-        let (mut major, mut minor) = (0i32, 0i32);
-        // SAFETY: plain out-parameter call into the loaded NVRTC.
-        unsafe { nvrtc::sys::nvrtcVersion(&mut major, &mut minor) }
-            .result()
-            .map_err(|e| format!("nvrtcVersion failed: {e:?}"))?;
+        let (major, minor) = nvrtc_version()?;
 
         let (image, kernel_image) = compile(&kernels::source(), cc)?;
         let module = ctx.load_module(image).map_err(|e| {
@@ -418,17 +414,31 @@ fn launch_config(items: u64) -> LaunchConfig {
     }
 }
 
+/// NVRTC's version (major, minor), from `nvrtcVersion`. NVRTC must be loadable
+/// ([`probe::find_library`]); call under `catch_unwind`.
+pub(super) fn nvrtc_version() -> Result<(i32, i32), String> {
+    let (mut major, mut minor) = (0i32, 0i32);
+    // SAFETY: plain out-parameter call into the loaded NVRTC.
+    unsafe { nvrtc::sys::nvrtcVersion(&mut major, &mut minor) }
+        .result()
+        .map_err(|e| format!("nvrtcVersion failed: {e:?}"))?;
+    Ok((major, minor))
+}
+
 /// Compiles the kernels: a CUBIN for the device's own architecture when this NVRTC knows it
 /// (no driver JIT, and works when NVRTC is newer than the driver), else PTX for the driver to JIT.
 fn compile(src: &str, (major, minor): (i32, i32)) -> Result<(nvrtc::Ptx, String), String> {
     let arch = format!("sm_{major}{minor}");
     match compile_cubin(src, &arch) {
-        Ok(cubin) => Ok((nvrtc::Ptx::from_binary(cubin), format!("cubin {arch}"))),
+        Ok(cubin) => Ok((
+            nvrtc::Ptx::from_binary(cubin.image),
+            format!("cubin {arch}"),
+        )),
         Err(cubin_error) => {
             tracing::debug!(%cubin_error, "NVRTC cannot build a CUBIN, trying PTX");
-            let ptx = nvrtc::compile_ptx(src).map_err(|e| {
+            let ptx = compile_ptx(src).map_err(|e| {
                 format!(
-                    "NVRTC could not compile the kernels (cubin {arch}: {cubin_error}; ptx: {e:?})"
+                    "NVRTC could not compile the kernels (cubin {arch}: {cubin_error}; ptx: {e})"
                 )
             })?;
             Ok((ptx, "ptx (driver JIT)".to_string()))
@@ -436,7 +446,42 @@ fn compile(src: &str, (major, minor): (i32, i32)) -> Result<(nvrtc::Ptx, String)
     }
 }
 
-fn compile_cubin(src: &str, arch: &str) -> Result<Vec<u8>, String> {
+/// `src` compiled to PTX with NVRTC's default options (the fallback of [`compile`]); on
+/// failure the error text carries NVRTC's log.
+pub(super) fn compile_ptx(src: &str) -> Result<nvrtc::Ptx, String> {
+    nvrtc::compile_ptx(src).map_err(|e| match e {
+        nvrtc::CompileError::CompileError { nvrtc, log, .. } => {
+            format!("{nvrtc:?}: {}", log.to_string_lossy().trim_end())
+        }
+        other => format!("{other:?}"),
+    })
+}
+
+/// A CUBIN and NVRTC's log of the compilation (warnings; usually empty).
+pub(super) struct Cubin {
+    pub(super) image: Vec<u8>,
+    pub(super) log: String,
+}
+
+/// NVRTC's log of `prog` (empty when there is none or it cannot be read).
+///
+/// # Safety
+/// `prog` must be a live program that has been compiled.
+unsafe fn program_log(prog: nvrtc::sys::nvrtcProgram) -> String {
+    nvrtc::result::get_program_log(prog)
+        .map(|raw| {
+            let bytes: Vec<u8> = raw
+                .iter()
+                .map(|&c| c as u8)
+                .take_while(|&c| c != 0)
+                .collect();
+            String::from_utf8_lossy(&bytes).trim_end().to_string()
+        })
+        .unwrap_or_default()
+}
+
+/// `src` compiled to a CUBIN for `arch` ("sm_90"); on failure the error text carries NVRTC's log.
+pub(super) fn compile_cubin(src: &str, arch: &str) -> Result<Cubin, String> {
     let c_src = CString::new(src).map_err(|e| e.to_string())?;
     let prog = nvrtc::result::create_program(&c_src, None).map_err(|e| format!("{e:?}"))?;
     struct Program(nvrtc::sys::nvrtcProgram);
@@ -454,18 +499,9 @@ fn compile_cubin(src: &str, arch: &str) -> Result<Vec<u8>, String> {
     // SAFETY: `prog` is a live program; the options are plain strings.
     unsafe {
         if let Err(e) = nvrtc::result::compile_program(prog.0, &options) {
-            let log = nvrtc::result::get_program_log(prog.0)
-                .map(|raw| {
-                    let bytes: Vec<u8> = raw
-                        .iter()
-                        .map(|&c| c as u8)
-                        .take_while(|&c| c != 0)
-                        .collect();
-                    String::from_utf8_lossy(&bytes).into_owned()
-                })
-                .unwrap_or_default();
-            return Err(format!("{e:?}: {log}"));
+            return Err(format!("{e:?}: {}", program_log(prog.0)));
         }
+        let log = program_log(prog.0);
         let mut size = 0usize;
         nvrtc::sys::nvrtcGetCUBINSize(prog.0, &mut size)
             .result()
@@ -473,11 +509,11 @@ fn compile_cubin(src: &str, arch: &str) -> Result<Vec<u8>, String> {
         if size == 0 {
             return Err("NVRTC produced no CUBIN".to_string());
         }
-        let mut cubin = vec![0u8; size];
-        nvrtc::sys::nvrtcGetCUBIN(prog.0, cubin.as_mut_ptr().cast())
+        let mut image = vec![0u8; size];
+        nvrtc::sys::nvrtcGetCUBIN(prog.0, image.as_mut_ptr().cast())
             .result()
             .map_err(|e| format!("{e:?}"))?;
-        Ok(cubin)
+        Ok(Cubin { image, log })
     }
 }
 

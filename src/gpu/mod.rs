@@ -5,7 +5,8 @@
 //! run time by [`Gpu::open`], which checks that both libraries can be loaded *before* calling any
 //! `cudarc` function (some of them panic when a library is missing) and also runs the
 //! initialisation under [`std::panic::catch_unwind`]. The kernels are CUDA C compiled by NVRTC
-//! when the GPU is opened.
+//! when the GPU is opened. [`check_kernels_compile`] compiles them the same way with NVRTC alone,
+//! which needs neither a GPU nor the driver (CI does it on every run).
 //!
 //! The codec talks to a [`TileMapper`]: [`CpuMapper`] (rayon + the per-tile tables of
 //! [`crate::format::hilbert`]) or [`Gpu`]. Both give byte-for-byte the same output.
@@ -13,6 +14,7 @@
 
 pub mod bench;
 mod cuda;
+mod kernel_check;
 mod kernels;
 pub(crate) mod overlap;
 mod probe;
@@ -30,6 +32,12 @@ use crate::format::code_mode;
 use crate::format::hilbert::{gather_tile, scatter_tile, TilePlace, TileTables};
 
 pub use cuda::{Gpu, GpuInfo};
+#[doc(hidden)]
+pub use kernel_check::check_source_compiles;
+pub use kernel_check::{
+    check_kernels_compile, ImageStatus, KernelCompileCheck, KernelImageCheck, KERNEL_ARCHS,
+    KERNEL_NAMES,
+};
 
 /// `--gpu auto|on|off`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
