@@ -16,12 +16,34 @@ use pixelrts::format::metadata::Mode;
 use pixelrts::gpu::{CpuMapper, GpuError, GpuMode, GpuTimings, TileMapper};
 use pixelrts::Error;
 
-/// `CpuMapper` that counts its calls, so the tests know the trait path really ran.
+/// `CpuMapper` that counts its calls, so the tests know the trait path really ran, and wakes
+/// [`Counting::wait_for_scatters`] whenever a call starts.
 #[derive(Default)]
 struct Counting {
     scatter: AtomicUsize,
     gather: AtomicUsize,
     colour: AtomicUsize,
+    started: (Mutex<()>, Condvar),
+}
+
+impl Counting {
+    fn count(&self, calls: &AtomicUsize) {
+        calls.fetch_add(1, Ordering::SeqCst);
+        // Under the lock, so that a waiter between its check and its wait is not missed.
+        let _guard = self.started.0.lock().unwrap();
+        self.started.1.notify_all();
+    }
+
+    /// Waits until `n` scatter calls have started; false after `timeout`.
+    fn wait_for_scatters(&self, n: usize, timeout: Duration) -> bool {
+        let guard = self.started.0.lock().unwrap();
+        let (_guard, result) = self
+            .started
+            .1
+            .wait_timeout_while(guard, timeout, |_| self.scatter.load(Ordering::SeqCst) < n)
+            .unwrap();
+        !result.timed_out()
+    }
 }
 
 impl TileMapper for Counting {
@@ -34,7 +56,7 @@ impl TileMapper for Counting {
         jobs: &[(TilePlace, &[u8])],
         out: &mut [&mut [u8]],
     ) -> Result<GpuTimings, GpuError> {
-        self.scatter.fetch_add(1, Ordering::Relaxed);
+        self.count(&self.scatter);
         CpuMapper.scatter_tiles(tables, jobs, out)
     }
     fn gather_tiles(
@@ -43,11 +65,11 @@ impl TileMapper for Counting {
         jobs: &[(TilePlace, &[u8])],
         out: &mut [&mut [u8]],
     ) -> Result<GpuTimings, GpuError> {
-        self.gather.fetch_add(1, Ordering::Relaxed);
+        self.count(&self.gather);
         CpuMapper.gather_tiles(tables, jobs, out)
     }
     fn code_colour(&self, input: &[u8], out: &mut [u8]) -> Result<GpuTimings, GpuError> {
-        self.colour.fetch_add(1, Ordering::Relaxed);
+        self.count(&self.colour);
         CpuMapper.code_colour(input, out)
     }
 }
@@ -353,40 +375,6 @@ fn gpu_on_without_gpu_fails() {
     assert_eq!(fs::read(&out).unwrap(), data);
 }
 
-/// Counts scatter calls as they start, for a waiter on the encoder's progress callback.
-#[derive(Default)]
-struct SignalsScatters {
-    started: Mutex<usize>,
-    cond: Condvar,
-}
-
-impl TileMapper for SignalsScatters {
-    fn name(&self) -> String {
-        "signals scatters".into()
-    }
-    fn scatter_tiles(
-        &self,
-        tables: &TileTables,
-        jobs: &[(TilePlace, &[u8])],
-        out: &mut [&mut [u8]],
-    ) -> Result<GpuTimings, GpuError> {
-        *self.started.lock().unwrap() += 1;
-        self.cond.notify_all();
-        CpuMapper.scatter_tiles(tables, jobs, out)
-    }
-    fn gather_tiles(
-        &self,
-        tables: &TileTables,
-        jobs: &[(TilePlace, &[u8])],
-        out: &mut [&mut [u8]],
-    ) -> Result<GpuTimings, GpuError> {
-        CpuMapper.gather_tiles(tables, jobs, out)
-    }
-    fn code_colour(&self, input: &[u8], out: &mut [u8]) -> Result<GpuTimings, GpuError> {
-        CpuMapper.code_colour(input, out)
-    }
-}
-
 /// The encoder overlaps the mapper with the CPU: the scatter of stripe 1 (on a GPU: transfers
 /// and kernels) starts while stripe 0 is being deflated. The progress callback, which the
 /// encoder calls once stripe 0's only row group is deflated, does not return until that second
@@ -397,7 +385,7 @@ fn encoder_scatters_the_next_stripe_while_deflating_this_one() {
     let data = sample(4 << 20, 77, false);
     // Grid 1024, tiles of 256: four stripes of one row group each.
     let (grid, tile_side_log2) = (1024u64, 8u8);
-    let mapper = Arc::new(SignalsScatters::default());
+    let mapper = Arc::new(Counting::default());
     let waited_in_vain = Arc::new(AtomicUsize::new(0));
     let (signals, missed) = (mapper.clone(), waited_in_vain.clone());
     let opts = EncodeOptions {
@@ -408,13 +396,7 @@ fn encoder_scatters_the_next_stripe_while_deflating_this_one() {
             if done > total / 4 {
                 return;
             }
-            let started = signals.started.lock().unwrap();
-            let (started, timeout) = signals
-                .cond
-                .wait_timeout_while(started, Duration::from_secs(20), |n| *n < 2)
-                .unwrap();
-            drop(started);
-            if timeout.timed_out() {
+            if !signals.wait_for_scatters(2, Duration::from_secs(20)) {
                 missed.fetch_add(1, Ordering::SeqCst);
             }
         })),
@@ -426,7 +408,11 @@ fn encoder_scatters_the_next_stripe_while_deflating_this_one() {
         0,
         "stripe 1 was not scattered while stripe 0 was deflated"
     );
-    assert_eq!(*mapper.started.lock().unwrap(), 4, "one scatter per stripe");
+    assert_eq!(
+        mapper.scatter.load(Ordering::SeqCst),
+        4,
+        "one scatter per stripe"
+    );
     let plain = EncodeOptions {
         grid_size: Some(grid),
         tile_side_log2,
