@@ -9,7 +9,7 @@
 
 use std::fmt;
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,6 +19,7 @@ use serde::Serialize;
 
 use super::stages::{StageClock, StageTimes};
 use super::{CpuMapper, Gpu, GpuError, GpuMode, GpuTimings, TileMapper};
+use crate::bench::patterns::{write_pattern_to, Pattern};
 use crate::decode::{decode_file, DecodeOptions};
 use crate::encode::{encode_file, EncodeOptions};
 use crate::error::{Error, Result};
@@ -234,17 +235,11 @@ fn compare_one(
     Ok(())
 }
 
-/// `size` pseudo-random bytes into `path`, 64 MiB at a time.
+/// `size` pseudo-random bytes into `path` (the benchmarks' own generator).
 fn write_random_file(path: &Path, size: u64) -> std::io::Result<()> {
-    const BLOCK: u64 = 64 << 20;
-    let mut out = File::create(path)?;
-    let mut at = 0;
-    while at < size {
-        let len = BLOCK.min(size - at);
-        out.write_all(&pseudo_random(len as usize, size ^ at))?;
-        at += len;
-    }
-    out.sync_all()
+    let mut out = BufWriter::with_capacity(1 << 20, File::create(path)?);
+    write_pattern_to(&mut out, Pattern::Random, size, size)?;
+    out.flush()
 }
 
 /// Whether two files hold the same bytes, read in blocks.
