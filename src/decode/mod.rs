@@ -21,6 +21,7 @@ use rayon::prelude::*;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+pub(crate) use seekable::adjacent_runs;
 pub use seekable::{SeekableImage, TileScratch};
 
 use crate::encode::{hex, Progress};
@@ -618,9 +619,6 @@ fn decode_seekable(
     })
 }
 
-/// Longest run of adjacent tiles decoded by one task.
-const MAX_RUN: usize = 8;
-
 /// Adjacent tiles of one stripe, decoded by one task.
 struct TileRun {
     stripe: u64,
@@ -629,34 +627,23 @@ struct TileRun {
     tiles: Vec<u64>,
 }
 
-/// Tiles `first..last` grouped into runs of adjacent tiles of one stripe (at most
-/// [`MAX_RUN`]), in file order.
+/// Tiles `first..last` grouped into runs of adjacent tiles of one stripe
+/// ([`adjacent_runs`], as the random-access reader groups them), in file order.
 fn batch_runs(image: &SeekableImage, first: u64, last: u64) -> Vec<TileRun> {
-    let mut places: Vec<(u64, u64, u64)> = (first..last)
-        .map(|j| {
-            let p = image.tables.place_of(j);
-            (p.row, p.column, j)
-        })
-        .collect();
-    places.sort_unstable();
-    let mut runs: Vec<TileRun> = Vec::new();
-    for (stripe, column, j) in places {
-        match runs.last_mut() {
-            Some(run)
-                if run.stripe == stripe
-                    && run.first_column + run.tiles.len() as u64 == column
-                    && run.tiles.len() < MAX_RUN =>
-            {
-                run.tiles.push(j)
+    let js: Vec<u64> = (first..last).collect();
+    let all: Vec<usize> = (0..js.len()).collect();
+    adjacent_runs(&image.tables, &js, &all)
+        .into_iter()
+        .map(|run| {
+            let tiles: Vec<u64> = run.iter().map(|&i| js[i]).collect();
+            let place = image.tables.place_of(tiles[0]);
+            TileRun {
+                stripe: place.row,
+                first_column: place.column,
+                tiles,
             }
-            _ => runs.push(TileRun {
-                stripe,
-                first_column: column,
-                tiles: vec![j],
-            }),
-        }
-    }
-    runs
+        })
+        .collect()
 }
 
 /// Decodes tiles `first..last` into `out` (their payloads, in order). Tiles of the batch that

@@ -468,3 +468,32 @@ impl SeekableImage {
         Ok(())
     }
 }
+
+/// Longest run of adjacent tiles decoded with one read per scanline.
+const MAX_RUN_TILES: usize = 8;
+
+/// Groups the tiles `js[i]`, `i` in `missing`, into runs of at most [`MAX_RUN_TILES`] tiles
+/// of one stripe at adjacent columns (left to right), which decode with one read per
+/// scanline.
+pub(crate) fn adjacent_runs(tables: &TileTables, js: &[u64], missing: &[usize]) -> Vec<Vec<usize>> {
+    let mut placed: Vec<(u64, u64, usize)> = missing
+        .iter()
+        .map(|&i| {
+            let p = tables.place_of(js[i]);
+            (p.row, p.column, i)
+        })
+        .collect();
+    placed.sort_unstable();
+    let mut runs: Vec<Vec<usize>> = Vec::new();
+    let mut previous: Option<(u64, u64)> = None;
+    for (row, column, i) in placed {
+        let extends = matches!(previous, Some((r, c)) if r == row && c + 1 == column)
+            && runs.last().is_some_and(|run| run.len() < MAX_RUN_TILES);
+        match runs.last_mut() {
+            Some(run) if extends => run.push(i),
+            _ => runs.push(vec![i]),
+        }
+        previous = Some((row, column));
+    }
+    runs
+}

@@ -39,7 +39,7 @@ use std::sync::{Arc, Mutex};
 use rayon::prelude::*;
 
 use crate::cache::{FileKey, TileCache, TileKey};
-use crate::decode::{Container, SeekableImage, TileScratch};
+use crate::decode::{adjacent_runs, Container, SeekableImage, TileScratch};
 use crate::error::{Error, IoContext, Result};
 use crate::format::hilbert::{band_tables, gather_tile_from_band, TileTables};
 use crate::format::metadata::B64Source;
@@ -60,8 +60,6 @@ const BATCH_TILES: usize = 64;
 const READAHEAD_TILES: u64 = 64;
 /// How many recent reads' ends a read may start at to count as sequential.
 const RECENT_ENDS: usize = 8;
-/// Longest run of adjacent tiles decoded with one read per scanline.
-const MAX_RUN_TILES: usize = 8;
 
 /// A tile and its position in a request.
 type IndexedTile = (usize, Arc<[u8]>);
@@ -751,32 +749,6 @@ impl Reader {
         }
         Ok(tiles)
     }
-}
-
-/// Groups the tiles `js[i]`, `i` in `missing`, into runs of at most [`MAX_RUN_TILES`] tiles
-/// of one stripe at adjacent columns (left to right), which decode with one read per
-/// scanline.
-fn adjacent_runs(tables: &TileTables, js: &[u64], missing: &[usize]) -> Vec<Vec<usize>> {
-    let mut placed: Vec<(u64, u64, usize)> = missing
-        .iter()
-        .map(|&i| {
-            let p = tables.place_of(js[i]);
-            (p.row, p.column, i)
-        })
-        .collect();
-    placed.sort_unstable();
-    let mut runs: Vec<Vec<usize>> = Vec::new();
-    let mut previous: Option<(u64, u64)> = None;
-    for (row, column, i) in placed {
-        let extends = matches!(previous, Some((r, c)) if r == row && c + 1 == column)
-            && runs.last().is_some_and(|run| run.len() < MAX_RUN_TILES);
-        match runs.last_mut() {
-            Some(run) if extends => run.push(i),
-            _ => runs.push(vec![i]),
-        }
-        previous = Some((row, column));
-    }
-    runs
 }
 
 #[cfg(test)]
