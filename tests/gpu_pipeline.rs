@@ -10,6 +10,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use pixelrts::decode::{decode_file, DecodeOptions};
+use pixelrts::encode::compressed::CompressMode;
 use pixelrts::encode::{encode_file, encode_to_vec, EncodeOptions};
 use pixelrts::format::hilbert::{TilePlace, TileTables};
 use pixelrts::format::metadata::Mode;
@@ -140,6 +141,7 @@ fn pipelines_use_what_the_mapper_returns() {
     let data = sample(100_000, 11, false);
     let base = EncodeOptions {
         tile_side_log2: 4,
+        compress: CompressMode::None,
         ..Default::default()
     };
     let (fast, _) = encode_to_vec(&data, &base).unwrap();
@@ -226,6 +228,7 @@ fn forced_cpu_mapper_encodes_and_decodes_like_the_fast_path() {
                 tile_side_log2: tile_log2,
                 grid_size: grid,
                 gpu: GpuMode::Off,
+                compress: CompressMode::None,
                 ..Default::default()
             };
             let (fast, _) = encode_to_vec(&data, &base).unwrap();
@@ -286,6 +289,7 @@ fn failing_mapper_fails_the_job_and_leaves_no_output() {
         &png,
         &EncodeOptions {
             mapper: Some(Arc::new(Failing)),
+            compress: CompressMode::None,
             ..Default::default()
         },
     )
@@ -297,7 +301,15 @@ fn failing_mapper_fails_the_job_and_leaves_no_output() {
     let left: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
     assert_eq!(left.len(), 1, "only the input is left: {left:?}");
 
-    encode_file(&input, &png, &EncodeOptions::default()).unwrap();
+    encode_file(
+        &input,
+        &png,
+        &EncodeOptions {
+            compress: CompressMode::None,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let out = dir.path().join("out.bin");
     let err = decode_file(
         &png,
@@ -338,6 +350,7 @@ fn gpu_on_without_gpu_fails() {
     let png = dir.path().join("in.png");
     let on = EncodeOptions {
         gpu: GpuMode::On,
+        compress: CompressMode::None,
         ..Default::default()
     };
     let err = encode_file(&input, &png, &on).unwrap_err();
@@ -351,6 +364,7 @@ fn gpu_on_without_gpu_fails() {
         let opts = EncodeOptions {
             gpu,
             overwrite: true,
+            compress: CompressMode::None,
             ..Default::default()
         };
         encode_file(&input, &png, &opts).unwrap();
@@ -400,6 +414,7 @@ fn encoder_scatters_the_next_stripe_while_deflating_this_one() {
                 missed.fetch_add(1, Ordering::SeqCst);
             }
         })),
+        compress: CompressMode::None,
         ..Default::default()
     };
     let (overlapped, _) = encode_to_vec(&data, &opts).expect("encode with overlap");
@@ -417,6 +432,7 @@ fn encoder_scatters_the_next_stripe_while_deflating_this_one() {
         grid_size: Some(grid),
         tile_side_log2,
         gpu: GpuMode::Off,
+        compress: CompressMode::None,
         ..Default::default()
     };
     assert!(overlapped == encode_to_vec(&data, &plain).unwrap().0);
@@ -437,6 +453,7 @@ fn mapped_decode_of_many_batches_matches_the_input() {
         &png,
         &EncodeOptions {
             mapper: Some(counting.clone()),
+            compress: CompressMode::None,
             ..Default::default()
         },
     )

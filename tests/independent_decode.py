@@ -5,7 +5,10 @@ Usage: independent_decode.py FILE.rts.png OUT
 
 Pillow reads the pixels and the text chunks; the payload is gathered along the classic Hilbert
 curve d2xy (x = column, y = row); data_size comes from the `PixelRTS{...}` metadata in the PNG.
-Code mode (`RGBA-code`) returns `original_data_b64`. The SHA-256 is checked against data_hash.
+Code mode (`RGBA-code`) returns `original_data_b64`. A `compression` object means, as in the
+reference decoder, that the first `encoded_size` payload bytes are a zlib stream (or a zstd
+frame) of the original: `zlib.decompress` inflates it, and the length must equal
+`compression.original_size`. The SHA-256 is checked against data_hash.
 Exit 0 on success, 1 on any failure (message on stderr).
 """
 import base64
@@ -80,18 +83,27 @@ def main():
         if w != h or w & (w - 1):
             print(f"{src}: image {w}x{h} is not a power-of-two square", file=sys.stderr)
             return 1
-        if size > 4 * w * w:
+        compression = meta.get("compression")
+        payload_size = int(meta["encoded_size"]) if compression else size
+        if payload_size > 4 * w * w:
             print(f"{src}: data_size {size} exceeds grid capacity", file=sys.stderr)
             return 1
         raw = img.tobytes()  # row-major RGBA
         n = w
-        npix = (size + 3) // 4
+        npix = (payload_size + 3) // 4
         buf = bytearray(npix * 4)
         for i in range(npix):
             x, y = d2xy(n, i)
             p = 4 * (y * n + x)
             buf[4 * i:4 * i + 4] = raw[p:p + 4]
-        data = bytes(buf[:size])
+        data = bytes(buf[:payload_size])
+        if compression:
+            import zlib
+            data = zlib.decompress(data)
+            if len(data) != int(compression["original_size"]):
+                print(f"{src}: inflated {len(data)} bytes, compression.original_size is "
+                      f"{compression['original_size']}", file=sys.stderr)
+                return 1
     if len(data) != size:
         print(f"{src}: decoded {len(data)} bytes, metadata says {size}", file=sys.stderr)
         return 1

@@ -5,6 +5,7 @@ mod common;
 
 use base64::Engine;
 use common::*;
+use pixelrts::encode::compressed::CompressMode;
 use pixelrts::encode::{encode_to_vec, EncodeOptions};
 use pixelrts::Mode;
 use proptest::prelude::*;
@@ -67,6 +68,7 @@ fn check(data: &[u8], mode: Mode, level: u32) -> Result<(), TestCaseError> {
     let opts = EncodeOptions {
         mode,
         level,
+        compress: CompressMode::None,
         ..Default::default()
     };
     let (png, meta) =

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use pixelrts::cache::TileCache;
+use pixelrts::encode::compressed::CompressMode;
 use pixelrts::encode::{encode_to_writer, EncodeOptions};
 use pixelrts::reader::checkpoint::CheckpointIndex;
 use pixelrts::reader::{Reader, ReaderKind, ReaderOptions};
@@ -77,7 +78,15 @@ fn fixtures() -> &'static Fixtures {
         for (i, &n) in [1usize, 5000, 300_000, 2 << 20].iter().enumerate() {
             let data = test_data(n, 11 + i as u64);
             let name = format!("ours_{n}.rts.png");
-            let path = encode_into(dir.path(), &name, &data, &EncodeOptions::default());
+            let path = encode_into(
+                dir.path(),
+                &name,
+                &data,
+                &EncodeOptions {
+                    compress: CompressMode::None,
+                    ..Default::default()
+                },
+            );
             cases.push(Case { name, path, data });
         }
         for (i, &n) in [5000usize, 300_000, 1 << 20, 2 << 20].iter().enumerate() {
@@ -85,6 +94,7 @@ fn fixtures() -> &'static Fixtures {
             let name = format!("ours_t16_{n}.rts.png");
             let opts = EncodeOptions {
                 tile_side_log2: 4,
+                compress: CompressMode::None,
                 ..Default::default()
             };
             let path = encode_into(dir.path(), &name, &data, &opts);
@@ -95,6 +105,7 @@ fn fixtures() -> &'static Fixtures {
             let name = "ours_code_10000.rts.png".to_string();
             let opts = EncodeOptions {
                 mode: Mode::Code,
+                compress: CompressMode::None,
                 ..Default::default()
             };
             let path = encode_into(dir.path(), &name, &data, &opts);

@@ -267,7 +267,10 @@ fn check_our_encoding(input_name: &str, reference_png: Option<&str>, extra: &[&s
     let input_path = vectors_dir().join(input_name);
     let input = std::fs::read(&input_path).unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let ours = our_encode(&input_path, tmp.path(), extra);
+    // Pixels = bytes, as the reference's uncompressed files (compressed payloads: below).
+    let mut extra = extra.to_vec();
+    extra.extend(["--compress", "none"]);
+    let ours = our_encode(&input_path, tmp.path(), &extra);
     let bytes = std::fs::read(&ours).unwrap();
 
     // Sidecar by default.
@@ -503,4 +506,19 @@ fn independent_hilbert_matches_library() {
             "library n={n} d={d}"
         );
     }
+}
+
+/// Issue 11: by default 64 KiB of zeros become a compressed payload of at most 1 KiB, which the
+/// reference's way of decoding (Pillow, Hilbert walk, zlib.decompress) reads back.
+#[test]
+fn zeros_vector_is_compressed_to_at_most_1_kib_by_default() {
+    let input_path = vectors_dir().join("d_65536_zeros.bin");
+    let input = std::fs::read(&input_path).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let ours = our_encode(&input_path, tmp.path(), &["--no-sidecar"]);
+    let bytes = std::fs::read(&ours).unwrap();
+    assert!(bytes.len() <= 1024, "{} bytes", bytes.len());
+    assert!(png_metadata(&bytes).unwrap().contains_key("compression"));
+    assert!(python_decode(&ours, &tmp.path().join("py.out")) == input);
+    assert_pngcheck(&ours);
 }

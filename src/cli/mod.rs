@@ -68,7 +68,7 @@ enum Command {
     /// Write a byte range of the original file to standard output (random access: only the
     /// tiles that hold the range are inflated).
     #[command(
-        after_help = "Examples:\n  pixelrts cat disk.img.rts.png --offset 1048576 --length 512 | xxd\n  pixelrts cat kernel.bin.rts.png | sha256sum\n\nFiles whose pixels hold a compressed payload cannot be read at random; use decode."
+        after_help = "Examples:\n  pixelrts cat disk.img.rts.png --offset 1048576 --length 512 | xxd\n  pixelrts cat kernel.bin.rts.png | sha256sum"
     )]
     Cat(CatArgs),
     /// Random-access benchmark of one file (cold/warm latency, sequential throughput).
@@ -193,9 +193,19 @@ struct EncodeArgs {
     /// Worker threads [default: one per core but one, which SHA-256 keeps].
     #[arg(long)]
     threads: Option<usize>,
-    /// Compression effort 0-9 (0 stores; incompressible data is always stored).
+    /// Compression effort 0-9 of the pixels' own deflate (0 stores; incompressible data is always stored).
     #[arg(long, default_value_t = encode::DEFAULT_LEVEL, value_parser = clap::value_parser!(u32).range(0..=9))]
     level: u32,
+    /// auto (compress when a sample shows it pays), zlib (the pixels hold a zlib stream of the
+    /// input, as the reference's compressed files), none (pixels are the input bytes).
+    #[arg(long, default_value = "auto")]
+    compress: encode::compressed::CompressMode,
+    /// zlib level 1-9 of a compressed payload.
+    #[arg(long, default_value_t = encode::compressed::DEFAULT_COMPRESS_LEVEL, value_parser = clap::value_parser!(u32).range(1..=9))]
+    compress_level: u32,
+    /// Original bytes per independently inflatable segment of a compressed payload (K/M suffixes).
+    #[arg(long, default_value = "256K", value_parser = parse_segment_size)]
+    segment_size: u32,
     /// Overwrite OUTPUT if it exists.
     #[arg(long)]
     force: bool,
@@ -253,6 +263,15 @@ struct VerifyArgs {
     /// Worker threads [default: all cores].
     #[arg(long)]
     threads: Option<usize>,
+}
+
+fn parse_segment_size(s: &str) -> Result<u32, String> {
+    let n = pixelrts::fs::parse_size(s)?;
+    let max = pixelrts::format::zindex::MAX_SEGMENT_SIZE;
+    if n == 0 || n > u64::from(max) {
+        return Err(format!("segment size must be 1 byte to {} MiB", max >> 20));
+    }
+    Ok(n as u32)
 }
 
 fn parse_mode(s: &str) -> Result<Mode, String> {
@@ -379,6 +398,9 @@ fn cmd_encode(a: EncodeArgs) -> anyhow::Result<i32> {
         sidecar: !a.no_sidecar,
         threads: a.threads,
         level: a.level,
+        compress: a.compress,
+        compress_level: a.compress_level,
+        segment_size: a.segment_size,
         overwrite: a.force,
         progress: Some(bar.callback()),
         // `on` without a usable GPU fails in the pipeline before any output is written.

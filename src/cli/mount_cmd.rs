@@ -43,7 +43,7 @@ pub struct MountArgs {
     pub mountpoint: PathBuf,
     /// Mount options, comma-separated; repeatable. ro, allow_other, allow_root, auto_unmount,
     /// default_permissions, encode_dir=NAME (default encode), cache_size=SIZE (default 256M),
-    /// spool=PATH (default SOURCE/.pixelrts-spool), threads=N (default 4), gpu=auto|on|off,
+    /// spool=PATH (default SOURCE/.pixelrts-spool), threads=N (default 4), gpu=auto|on|off, compress=auto|zlib|none,
     /// fsname=NAME, subtype=NAME, noatime, max_read=N; mount(8)'s generic options are ignored.
     #[arg(short = 'o', value_name = "OPTIONS", action = clap::ArgAction::Append)]
     pub options: Vec<String>,

@@ -69,6 +69,9 @@ pub struct Container {
     pub metadata: Metadata,
     pub seekable: Option<SeekableImage>,
     pub first_idat: Option<ChunkHeader>,
+    /// The segment index of a compressed payload written by this project (`rtZX`); None for
+    /// uncompressed payloads and for the reference's compressed files.
+    pub segments: Option<crate::format::zindex::SegmentIndex>,
     /// A sidecar that disagrees with the PNG's own metadata (the PNG wins).
     pub sidecar_conflict: Option<String>,
 }
@@ -96,6 +99,7 @@ impl Container {
         }
         let mut found: Option<(Map<String, Value>, Option<B64Source>, MetadataSource)> = None;
         let mut index_chunk = None;
+        let mut segment_chunk = None;
         let mut first_idat = None;
         for chunk in walker.by_ref() {
             let chunk = chunk?;
@@ -121,6 +125,7 @@ impl Container {
                     }
                 }
                 b"rtIX" if first_idat.is_none() => index_chunk = Some(chunk),
+                b"rtZX" if first_idat.is_none() => segment_chunk = Some(chunk),
                 _ => {}
             }
         }
@@ -180,6 +185,25 @@ impl Container {
             }
             _ => None,
         };
+        let segments = match segment_chunk {
+            Some(chunk) if metadata.compressed && metadata.b64.is_none() => {
+                let data = crate::format::png::read_chunk_data(
+                    &file,
+                    path,
+                    &chunk,
+                    MAX_SEGMENT_INDEX_BYTES,
+                )?;
+                let index = crate::format::zindex::SegmentIndex::parse(
+                    &data,
+                    metadata.data_size,
+                    metadata.pixel_payload_size,
+                )
+                .map_err(|e| Error::corrupt(path, e))?;
+                check_compression_object(path, &metadata, &index)?;
+                Some(index)
+            }
+            _ => None,
+        };
         if metadata.b64.is_none() && first_idat_chunk.is_none() {
             return Err(Error::corrupt(
                 path,
@@ -193,6 +217,7 @@ impl Container {
             metadata,
             seekable,
             first_idat: first_idat_chunk,
+            segments,
             sidecar_conflict,
         })
     }
@@ -234,6 +259,40 @@ impl Container {
         );
         Value::Object(info)
     }
+}
+
+/// The largest segment index accepted (a 10 GiB payload in 64 KiB segments needs 2 MiB).
+const MAX_SEGMENT_INDEX_BYTES: u32 = 64 << 20;
+
+/// The `compression` object must agree with the segment index it is read with: a file whose
+/// metadata lies about sizes is corrupt, not decoded on trust.
+fn check_compression_object(
+    path: &Path,
+    md: &Metadata,
+    index: &crate::format::zindex::SegmentIndex,
+) -> Result<()> {
+    let c = md.map.get("compression");
+    let field = |k: &str| c.and_then(|c| c.get(k)).and_then(Value::as_u64);
+    if c.and_then(|c| c.get("type")).and_then(Value::as_str) != Some("zlib") {
+        return Err(Error::bad_metadata(
+            path,
+            "the payload has a zlib segment index but compression.type is not \"zlib\"",
+        ));
+    }
+    for (key, want) in [
+        ("original_size", index.original_size),
+        ("compressed_size", index.encoded_size),
+    ] {
+        if let Some(have) = field(key) {
+            if have != want {
+                return Err(Error::bad_metadata(
+                    path,
+                    format!("compression.{key} is {have}, the segment index says {want}"),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The default output path: INPUT without `.rts.png` (or `.png`), else INPUT + `.decoded`.

@@ -15,6 +15,7 @@
 //! scatter runs on a helper thread one stripe ahead ([`crate::gpu::overlap`]), so the mapper's
 //! transfers and kernels for stripe `i + 1` overlap the deflate of stripe `i`.
 
+pub mod compressed;
 mod writer;
 
 use std::io::{Seek, SeekFrom, Write};
@@ -38,6 +39,7 @@ use crate::gpu::overlap::produce_consume;
 use crate::gpu::stages::{timed, Stage, StageClock};
 use crate::gpu::{GpuMode, GpuTimings, TileMapper};
 use crate::io_util::{with_threads, AtomicOutput, MappedInput};
+use compressed::{CompressMode, CompressedPayload};
 use writer::{GroupOutput, StreamWriter};
 
 /// Called with (bytes done, bytes total) as work completes.
@@ -80,6 +82,13 @@ pub struct EncodeOptions {
     pub mapper: Option<Arc<dyn TileMapper>>,
     /// For benchmarks: add each stage's busy time here (`pixelrts bench-gpu`).
     pub stages: Option<Arc<StageClock>>,
+    /// `--compress auto|zlib|none`: whether the pixels hold a zlib stream of the input
+    /// ([`compressed`]) or the input itself.
+    pub compress: CompressMode,
+    /// zlib level of a compressed payload's segments (1–9).
+    pub compress_level: u32,
+    /// Original bytes per segment of a compressed payload.
+    pub segment_size: u32,
 }
 
 impl Default for EncodeOptions {
@@ -99,6 +108,9 @@ impl Default for EncodeOptions {
             gpu: GpuMode::Auto,
             mapper: None,
             stages: None,
+            compress: CompressMode::Auto,
+            compress_level: compressed::DEFAULT_COMPRESS_LEVEL,
+            segment_size: compressed::DEFAULT_SEGMENT_SIZE,
         }
     }
 }
@@ -109,6 +121,7 @@ impl std::fmt::Debug for EncodeOptions {
             .field("mode", &self.mode)
             .field("grid_size", &self.grid_size)
             .field("level", &self.level)
+            .field("compress", &self.compress)
             .field("threads", &self.threads)
             .field("gpu", &self.gpu)
             .field("mapper", &self.mapper.as_ref().map(|m| m.name()))
@@ -152,7 +165,11 @@ pub fn encode_file(
     let meta = {
         let bytes = mapped.bytes();
         let release = |r: std::ops::Range<usize>| mapped.release(r);
-        encode_with(bytes, &release, &mut out.file, &opts, output)?
+        let temp_dir = output
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        encode_with(bytes, &release, &mut out.file, &opts, output, temp_dir)?
     };
     if opts.sidecar {
         let sidecar = metadata::sidecar_path(output);
@@ -176,7 +193,14 @@ pub fn encode_to_writer<W: Write + Seek + Send>(
     out: &mut W,
     opts: &EncodeOptions,
 ) -> Result<Map<String, Value>> {
-    encode_with(data, &|_| {}, out, opts, Path::new("<output>"))
+    encode_with(
+        data,
+        &|_| {},
+        out,
+        opts,
+        Path::new("<output>"),
+        &std::env::temp_dir(),
+    )
 }
 
 /// Encodes `data` to PNG bytes in memory (convenient for small payloads and tests).
@@ -192,6 +216,7 @@ fn encode_with<W: Write + Seek + Send>(
     out: &mut W,
     opts: &EncodeOptions,
     out_path: &Path,
+    temp_dir: &Path,
 ) -> Result<Map<String, Value>> {
     // SHA-256 is one sequential stream and the floor of the whole run: by default it keeps a
     // core to itself and the pool gets the rest (measured on 2 cores, 1 GiB random: one worker
@@ -200,7 +225,41 @@ fn encode_with<W: Write + Seek + Send>(
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Some(cores.saturating_sub(1).max(1))
     });
-    with_threads(threads, || encode_core(data, release, out, opts, out_path))
+    with_threads(threads, || {
+        let compress = match opts.compress {
+            CompressMode::None => false,
+            CompressMode::Zlib if opts.mode == Mode::Code => return Err(Error::InvalidArgument(
+                "--compress zlib needs --mode standard: code mode keeps the bytes in the metadata"
+                    .into(),
+            )),
+            CompressMode::Zlib => !data.is_empty(),
+            CompressMode::Auto => {
+                opts.mode == Mode::Standard && compressed::worth_compressing(data)
+            }
+        };
+        if !compress {
+            return encode_core(data, release, out, opts, out_path, None);
+        }
+        if !(1..=9).contains(&opts.compress_level) {
+            return Err(Error::InvalidArgument(format!(
+                "compression level must be 1..9, got {}",
+                opts.compress_level
+            )));
+        }
+        let payload = compressed::compress_payload(
+            data,
+            release,
+            opts.compress_level,
+            opts.segment_size,
+            temp_dir,
+        )?;
+        // SAFETY: the temporary file is unlinked and only this process holds it.
+        let map =
+            unsafe { memmap2::Mmap::map(&payload.file) }.map_err(|e| Error::io(temp_dir, e))?;
+        let stream = &map[..payload.index.encoded_size as usize];
+        let release_stream = |r: std::ops::Range<usize>| crate::io_util::release_pages(stream, r);
+        encode_core(stream, &release_stream, out, opts, out_path, Some(&payload))
+    })
 }
 
 /// What one tile column contributes to a stripe.
@@ -227,6 +286,7 @@ fn encode_core<W: Write + Seek + Send>(
     out: &mut W,
     opts: &EncodeOptions,
     out_path: &Path,
+    compressed: Option<&CompressedPayload>,
 ) -> Result<Map<String, Value>> {
     let n = data.len() as u64;
     let grid = match opts.grid_size {
@@ -260,7 +320,19 @@ fn encode_core<W: Write + Seek + Send>(
     let tile_bytes = 4 * tables.tile_pixels();
 
     // --- Metadata text, written now with a placeholder hash, patched at the end. ---
-    let meta = metadata::build(grid, opts.mode, &opts.metadata, HASH_PLACEHOLDER, n);
+    let original_size = compressed.map_or(n, |c| c.index.original_size);
+    let mut meta = metadata::build(
+        grid,
+        opts.mode,
+        &opts.metadata,
+        HASH_PLACEHOLDER,
+        original_size,
+    );
+    if let Some(c) = compressed {
+        // After data_hash and data_size, as the reference writes them.
+        meta.insert("compression".into(), c.metadata());
+        meta.insert("encoded_size".into(), n.into());
+    }
     let text = metadata::png_text(&meta);
     let hash_at = text
         .find(&format!("\"data_hash\":\"{HASH_PLACEHOLDER}\""))
@@ -318,6 +390,17 @@ fn encode_core<W: Write + Seek + Send>(
     out.write_all(text_c.as_bytes()).map_err(io)?;
     let text_crc_pos = out.stream_position().map_err(io)?;
     out.write_all(&[0u8; 4]).map_err(io)?;
+    if let Some(c) = compressed {
+        let index = c.index.to_bytes();
+        if index.len() as u64 > u64::from(crate::format::png::MAX_CHUNK_LEN) {
+            return Err(Error::InvalidArgument(format!(
+                "{} segments need an index larger than a PNG chunk; use a larger segment size",
+                c.index.count()
+            )));
+        }
+        out.write_all(&chunk_bytes(&crate::format::zindex::CHUNK_TYPE, &index))
+            .map_err(io)?;
+    }
 
     // rtIX: placeholder of the right size, filled in as stripes complete.
     let mut header = IndexHeader {
@@ -358,7 +441,11 @@ fn encode_core<W: Write + Seek + Send>(
     );
     let (digest, stream_result) = std::thread::scope(|scope| -> Result<_> {
         // SHA-256 of the input: one sequential stream, on its own thread.
-        let hasher = scope.spawn(|| {
+        let hasher = scope.spawn(|| -> [u8; 32] {
+            if let Some(c) = compressed {
+                // The hash is of the original input, taken while it was compressed.
+                return c.digest;
+            }
             timed(clock, Stage::Hash, || {
                 let mut sha = Sha256::new();
                 let block = 4 << 20;
@@ -369,7 +456,7 @@ fn encode_core<W: Write + Seek + Send>(
                     release(at..end);
                     at = end;
                 }
-                sha.finalize()
+                sha.finalize().into()
             })
         });
 
@@ -887,6 +974,8 @@ mod tests {
                 let opts = EncodeOptions {
                     level,
                     tile_side_log2: tile_log2,
+                    // The pixels themselves are compared with the data.
+                    compress: CompressMode::None,
                     ..Default::default()
                 };
                 let (png_bytes, meta) = encode_to_vec(&data, &opts).unwrap();

@@ -6,6 +6,7 @@ pub mod metadata;
 pub mod png;
 pub mod rewrite;
 pub mod segment;
+pub mod zindex;
 
 /// Automatic grid size (FORMAT.md §1): 1 for empty input, else the smallest power of two
 /// `g ≥ 4` with `4·g² ≥ n`.

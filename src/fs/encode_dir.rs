@@ -131,6 +131,8 @@ pub struct EncodeDirOptions {
     pub gpu: GpuMode,
     /// Deflate level 0–9.
     pub level: u32,
+    /// `compress=auto|zlib|none`.
+    pub compress: encode::compressed::CompressMode,
 }
 
 impl Default for EncodeDirOptions {
@@ -139,6 +141,7 @@ impl Default for EncodeDirOptions {
             threads: None,
             gpu: GpuMode::default(),
             level: encode::DEFAULT_LEVEL,
+            compress: Default::default(),
         }
     }
 }

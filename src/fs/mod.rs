@@ -97,6 +97,8 @@ pub struct MountOptions {
     pub threads: Option<usize>,
     /// `gpu=auto|on|off`, for encoding.
     pub gpu: GpuMode,
+    /// `compress=auto|zlib|none`, for encoding (as `encode --compress`).
+    pub compress: crate::encode::compressed::CompressMode,
     /// `fsname=NAME` (default: SOURCE).
     pub fsname: Option<String>,
     /// `subtype=NAME` (default `pixelrts`).
@@ -118,6 +120,7 @@ impl Default for MountOptions {
             spool: None,
             threads: None,
             gpu: GpuMode::Auto,
+            compress: Default::default(),
             fsname: None,
             subtype: "pixelrts".to_string(),
             passthrough: Vec::new(),
@@ -269,6 +272,10 @@ impl MountOptions {
                 let v = need(value)?;
                 self.gpu = v.parse().map_err(|e: String| opt_err(opt, e))?
             }
+            "compress" => {
+                let v = need(value)?;
+                self.compress = v.parse().map_err(|e: String| opt_err(opt, e))?
+            }
             "fsname" => self.fsname = Some(need(value)?),
             "subtype" => self.subtype = need(value)?,
             _ => {
@@ -276,7 +283,7 @@ impl MountOptions {
                     opt,
                     "unknown option (known: ro, allow_other, allow_root, auto_unmount, \
                      default_permissions, encode_dir=NAME, cache_size=SIZE, spool=PATH, \
-                     threads=N, gpu=auto|on|off, fsname=NAME, subtype=NAME, noatime, \
+                     threads=N, gpu=auto|on|off, compress=auto|zlib|none, fsname=NAME, subtype=NAME, noatime, \
                      max_read=N, and mount(8)'s generic ones)",
                 ))
             }
@@ -574,6 +581,7 @@ pub fn mount(
                 encode_dir::EncodeDirOptions {
                     threads: opts.threads,
                     gpu: opts.gpu,
+                    compress: opts.compress,
                     ..Default::default()
                 },
             )?;
@@ -727,7 +735,7 @@ mod tests {
     #[test]
     fn parses_options() {
         let o = MountOptions::parse(&[
-            "ro,allow_other,cache_size=64M,threads=8,gpu=off",
+            "ro,allow_other,cache_size=64M,threads=8,gpu=off,compress=none",
             "encode_dir=in,spool=/tmp/s,fsname=x,rw,nofail,x-systemd.automount,noatime",
         ])
         .unwrap();
@@ -735,6 +743,7 @@ mod tests {
         assert_eq!(o.cache_size, 64 << 20);
         assert_eq!(o.threads, Some(8));
         assert_eq!(o.gpu, GpuMode::Off);
+        assert_eq!(o.compress, crate::encode::compressed::CompressMode::None);
         assert_eq!(o.encode_dir, "in");
         assert_eq!(o.spool.as_deref(), Some(Path::new("/tmp/s")));
         assert_eq!(o.fsname.as_deref(), Some("x"));
@@ -754,6 +763,7 @@ mod tests {
             ("cache_size=12Q", "unknown unit"),
             ("cache_size=", "needs a value"),
             ("gpu=maybe", "auto, on, off"),
+            ("compress=lz4", "auto, zlib or none"),
             ("encode_dir=a/b", "plain file name"),
             ("encode_dir=.pixelrts-x", "hides"),
             ("ro=1", "takes no value"),

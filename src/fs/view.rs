@@ -27,7 +27,7 @@ use serde_json::{Map, Value};
 use crate::cache::{FileKey, TileCache};
 use crate::decode::Container;
 use crate::error::{Error, IoContext, Result};
-use crate::reader::{Reader, ReaderOptions, COMPRESSED_UNSUPPORTED};
+use crate::reader::{Reader, ReaderOptions};
 
 /// Suffix of the files the view decodes.
 pub const SUFFIX: &str = ".rts.png";
@@ -356,9 +356,6 @@ impl View {
             }
         }
         let c = Container::open(png)?;
-        if c.metadata.compressed {
-            return Err(Error::unsupported(png, COMPRESSED_UNSUPPORTED));
-        }
         // The identity of what was actually parsed (the file may have been replaced since
         // the stat above; then the next probe simply reads it again).
         let m = c.file.metadata().at(png)?;

@@ -17,8 +17,14 @@
 //!   read as its band of rows (checked by the checkpoint module's CRCs), cut out, gathered
 //!   along the curve, and cached. All tiles of a band that was inflated are cached.
 //!
-//! Files whose pixels hold a **compressed** payload are refused at open: random access to
-//! compressed payloads is not supported (decode them whole with `pixelrts decode`).
+//! Files whose pixels hold a **compressed** payload are read in two layers. With this
+//! project's segment index (`rtZX`), a byte range maps to segments; each segment's stream bytes
+//! are read from the payload as above (tiles, verified), inflated on their own into a buffer of
+//! exactly the segment's size (so no zlib bomb can grow it), checked against the segment's
+//! CRC-32 and cached. Compressed files without a segment index (the reference's: one zlib
+//! stream or a zstd frame) are decoded once, verified against `data_hash`, into an unlinked
+//! file in the checkpoint directory, with a CRC-32 per 64 KiB block kept in memory, and served
+//! from there.
 //!
 //! Bytes are never served unverified: a tile whose CRC fails, an index entry out of range, or
 //! a changed file is an error for the reads that need it; other tiles still read.
@@ -64,8 +70,10 @@ const RECENT_ENDS: usize = 8;
 /// A tile and its position in a request.
 type IndexedTile = (usize, Arc<[u8]>);
 
-/// The message for files whose payload is compressed.
-pub const COMPRESSED_UNSUPPORTED: &str = "random access to compressed payloads is not supported";
+/// Cache keys of decoded compressed segments have this bit set; tiles never do.
+const SEGMENT_KEY_BIT: u64 = 1 << 63;
+/// Block size of the CRC-32s that guard a spilled (decoded once to disk) payload.
+const SPILL_BLOCK: u64 = 64 << 10;
 
 /// How to open a [`Reader`].
 #[derive(Clone, Debug)]
@@ -104,7 +112,12 @@ pub enum ReaderKind {
 /// between threads; every method takes `&self`.
 pub struct Reader {
     path: PathBuf,
+    /// Original bytes (`data_size`).
     len: u64,
+    /// Bytes the pixels hold (`encoded_size` of a compressed payload, else `len`).
+    payload_len: u64,
+    /// How original bytes map to the payload, when it is compressed.
+    layer: Arc<Layer>,
     grid: u64,
     key: FileKey,
     cache: Arc<TileCache>,
@@ -116,6 +129,25 @@ pub struct Reader {
     next_end_slot: AtomicUsize,
     /// Whether a background read-ahead of this reader is running (one at a time).
     reading_ahead: Arc<AtomicBool>,
+}
+
+/// What lies between the original bytes and the payload.
+enum Layer {
+    /// The payload is the original bytes.
+    Direct,
+    /// A zlib stream of segments, indexed.
+    Segments(crate::format::zindex::SegmentIndex),
+    /// A compressed stream without an index: decoded whole on the first read.
+    Spilled {
+        dir: Option<PathBuf>,
+        spill: Mutex<Option<Arc<Spill>>>,
+    },
+}
+
+/// A compressed payload decoded once into an unlinked file.
+struct Spill {
+    file: File,
+    crcs: Vec<u32>,
 }
 
 enum Backend {
@@ -218,11 +250,11 @@ impl Reader {
                     Backend::Base64Inline(bytes)
                 }
             }
-        } else if md.compressed {
-            return Err(Error::unsupported(path, COMPRESSED_UNSUPPORTED));
-        } else if len == 0 {
+        } else if md.pixel_payload_size == 0 {
             Backend::Empty
-        } else if md.pixel_payload_size != len || len > 4 * c.grid * c.grid {
+        } else if (!md.compressed && md.pixel_payload_size != len)
+            || u128::from(md.pixel_payload_size) > crate::format::capacity(c.grid)
+        {
             return Err(Error::bad_metadata(
                 path,
                 format!(
@@ -249,9 +281,25 @@ impl Reader {
                 index: Mutex::new(None),
             })
         };
+        let layer = match (md.compressed, c.segments) {
+            (false, _) => Layer::Direct,
+            (true, Some(index)) => Layer::Segments(index),
+            (true, None) => Layer::Spilled {
+                dir: opts.checkpoint_dir.clone(),
+                spill: Mutex::new(None),
+            },
+        };
+        if md.compressed && len > 0 && matches!(backend, Backend::Empty) {
+            return Err(Error::corrupt(
+                path,
+                format!("compression is set but encoded_size is 0 for {len} bytes of data"),
+            ));
+        }
         Ok(Reader {
             path: path.to_path_buf(),
             len,
+            payload_len: md.pixel_payload_size,
+            layer: Arc::new(layer),
             grid,
             key,
             cache: opts.cache.clone(),
@@ -291,6 +339,11 @@ impl Reader {
         }
     }
 
+    /// Whether the pixels hold a compressed stream of the data.
+    pub fn is_compressed(&self) -> bool {
+        !matches!(*self.layer, Layer::Direct)
+    }
+
     /// Bytes of payload per tile (0 for files not read by tiles).
     pub fn tile_bytes(&self) -> u64 {
         match &*self.backend {
@@ -318,10 +371,21 @@ impl Reader {
         }
         let n = (self.len - offset).min(buf.len() as u64) as usize;
         let buf = &mut buf[..n];
+        match &*self.layer {
+            Layer::Direct => self.read_payload(offset, buf)?,
+            Layer::Segments(index) => self.read_segments(index, offset, buf)?,
+            Layer::Spilled { dir, spill } => self.read_spilled(dir, spill, offset, buf)?,
+        }
+        self.cache.add_served(n as u64);
+        Ok(n)
+    }
+
+    /// Payload bytes `[offset, offset + buf.len())`, which must lie inside the payload.
+    fn read_payload(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         match &*self.backend {
-            Backend::Empty => return Ok(0),
+            Backend::Empty => {}
             Backend::Base64Inline(bytes) => {
-                buf.copy_from_slice(&bytes[offset as usize..offset as usize + n]);
+                buf.copy_from_slice(&bytes[offset as usize..offset as usize + buf.len()]);
             }
             Backend::Base64File {
                 file,
@@ -331,8 +395,154 @@ impl Reader {
             Backend::Seekable { tile_bytes, .. } => self.read_tiles(*tile_bytes, offset, buf)?,
             Backend::Plain(p) => self.read_tiles(p.tile_bytes, offset, buf)?,
         }
-        self.cache.add_served(n as u64);
-        Ok(n)
+        Ok(())
+    }
+
+    /// Original bytes of a compressed payload through its segment index: the segments the
+    /// range touches, each from the cache or inflated and checked (in parallel when several).
+    fn read_segments(
+        &self,
+        index: &crate::format::zindex::SegmentIndex,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<()> {
+        let end = offset + buf.len() as u64;
+        let first = index.segment_of(offset);
+        let last = index.segment_of(end - 1);
+        let segments: Vec<Arc<[u8]>> = if first == last {
+            vec![self.segment(index, first)?]
+        } else {
+            (first..=last)
+                .into_par_iter()
+                .map(|s| self.segment(index, s))
+                .collect::<Result<_>>()?
+        };
+        for (s, seg) in (first..=last).zip(&segments) {
+            let (x, _) = index.original_range(s);
+            let a = offset.max(x);
+            let b = end.min(x + seg.len() as u64);
+            buf[(a - offset) as usize..(b - offset) as usize]
+                .copy_from_slice(&seg[(a - x) as usize..(b - x) as usize]);
+        }
+        Ok(())
+    }
+
+    /// Segment `s`, decoded once: a thread that finds another decoding it waits (except on a
+    /// rayon worker, which decodes it again rather than block; see `tiles`).
+    fn segment(&self, index: &crate::format::zindex::SegmentIndex, s: u64) -> Result<Arc<[u8]>> {
+        let key = self.tile_key(SEGMENT_KEY_BIT | s);
+        if let Some(seg) = self.cache.get(&key) {
+            return Ok(seg);
+        }
+        let _claim = loop {
+            match self.cache.claim(key) {
+                Some(claim) => break Some(claim),
+                None if rayon::current_thread_index().is_some() => break None,
+                None => {
+                    self.cache.wait_for(&key);
+                    if let Some(seg) = self.cache.peek(&key) {
+                        return Ok(seg);
+                    }
+                }
+            }
+        };
+        let (a, z) = index.coded_range(s);
+        let (x, y) = index.original_range(s);
+        if z > self.payload_len {
+            return Err(Error::corrupt(
+                &self.path,
+                format!("compressed segment {s} ends past the payload"),
+            ));
+        }
+        let mut coded = vec![0u8; (z - a) as usize];
+        self.read_payload(a, &mut coded)?;
+        let mut out = self.cache.buffer((y - x) as usize);
+        let buf = Arc::get_mut(&mut out).expect("a fresh cache buffer is not shared");
+        let mut inflater = flate2::Decompress::new(false);
+        crate::format::segment::inflate_piece(&coded, buf, &mut inflater).map_err(|e| {
+            Error::corrupt(
+                &self.path,
+                format!("compressed segment {s} (bytes {x}..{y}): {e}"),
+            )
+        })?;
+        if crc32fast::hash(buf) != index.crcs[s as usize] {
+            return Err(Error::corrupt(
+                &self.path,
+                format!("compressed segment {s} (bytes {x}..{y}) fails its CRC-32"),
+            ));
+        }
+        self.cache.add_inflated(y - x);
+        self.cache.insert(key, out.clone());
+        Ok(out)
+    }
+
+    /// Original bytes of a compressed payload without an index, from its one-time decode.
+    fn read_spilled(
+        &self,
+        dir: &Option<PathBuf>,
+        spill: &Mutex<Option<Arc<Spill>>>,
+        offset: u64,
+        buf: &mut [u8],
+    ) -> Result<()> {
+        let spill = {
+            let mut slot = spill.lock().unwrap_or_else(|p| p.into_inner());
+            match &*slot {
+                Some(s) => s.clone(),
+                None => {
+                    let made = Arc::new(self.spill(dir)?);
+                    *slot = Some(made.clone());
+                    made
+                }
+            }
+        };
+        let end = offset + buf.len() as u64;
+        let first = offset / SPILL_BLOCK;
+        let mut block = vec![0u8; SPILL_BLOCK as usize];
+        for b in first..=(end - 1) / SPILL_BLOCK {
+            let start = b * SPILL_BLOCK;
+            let len = (self.len - start).min(SPILL_BLOCK) as usize;
+            spill
+                .file
+                .read_exact_at(&mut block[..len], start)
+                .at(&self.path)?;
+            if crc32fast::hash(&block[..len]) != spill.crcs[b as usize] {
+                return Err(Error::corrupt(
+                    &self.path,
+                    format!("decoded copy changed on disk (block at {start})"),
+                ));
+            }
+            let a = offset.max(start);
+            let z = end.min(start + len as u64);
+            buf[(a - offset) as usize..(z - offset) as usize]
+                .copy_from_slice(&block[(a - start) as usize..(z - start) as usize]);
+        }
+        Ok(())
+    }
+
+    /// Decodes the whole file once, verified against `data_hash`, into an unlinked file in the
+    /// checkpoint directory, recording a CRC-32 per block.
+    fn spill(&self, dir: &Option<PathBuf>) -> Result<Spill> {
+        let dir = dir
+            .clone()
+            .or_else(checkpoint::default_cache_dir)
+            .unwrap_or_else(std::env::temp_dir);
+        std::fs::create_dir_all(&dir).at(&dir)?;
+        let file = tempfile::tempfile_in(&dir).at(&dir)?;
+        let mut sink = BlockCrcWriter {
+            file: &file,
+            at: 0,
+            block: Vec::with_capacity(SPILL_BLOCK as usize),
+            crcs: Vec::new(),
+        };
+        let opts = crate::decode::DecodeOptions {
+            verify: true,
+            ..Default::default()
+        };
+        crate::decode::decode_to_writer(&self.path, &mut sink, &opts)?;
+        use std::io::Write;
+        sink.flush().at(&dir)?;
+        let crcs = std::mem::take(&mut sink.crcs);
+        Ok(Spill { file, crcs })
     }
 
     /// Fills `buf` completely from `offset` (an error if the data ends first).
@@ -401,7 +611,7 @@ impl Reader {
 
     /// Payload bytes of tile `j` (the last tile may be short).
     fn tile_len(&self, tile_bytes: u64, j: u64) -> usize {
-        (self.len - j * tile_bytes).min(tile_bytes) as usize
+        (self.payload_len - j * tile_bytes).min(tile_bytes) as usize
     }
 
     fn read_tiles(&self, tile_bytes: u64, offset: u64, buf: &mut [u8]) -> Result<()> {
@@ -449,7 +659,7 @@ impl Reader {
         if self.cache.budget() < 2 * block_bytes {
             return;
         }
-        let tiles = self.len.div_ceil(tile_bytes);
+        let tiles = self.payload_len.div_ceil(tile_bytes);
         let block_end = ((last / READAHEAD_TILES + 1) * READAHEAD_TILES).min(tiles);
         // One probe, not 64: a block's last tile is cached once the block was read ahead.
         let block_cached = |end: u64| self.cache.peek(&self.tile_key(end - 1)).is_some();
@@ -486,6 +696,8 @@ impl Reader {
         Reader {
             path: self.path.clone(),
             len: self.len,
+            payload_len: self.payload_len,
+            layer: self.layer.clone(),
             grid: self.grid,
             key: self.key,
             cache: self.cache.clone(),
@@ -738,7 +950,7 @@ impl Reader {
         for column in 0..p.tables.tiles_per_side() {
             let place = p.tables.place_at(column, row);
             let j = place.hilbert_index;
-            if j * p.tile_bytes >= self.len {
+            if j * p.tile_bytes >= self.payload_len {
                 continue;
             }
             let mut payload = vec![0u8; self.tile_len(p.tile_bytes, j)];
@@ -748,6 +960,39 @@ impl Reader {
             tiles.push((j, payload));
         }
         Ok(tiles)
+    }
+}
+
+/// Writes decoded bytes to a file and records the CRC-32 of every [`SPILL_BLOCK`] of them.
+struct BlockCrcWriter<'a> {
+    file: &'a File,
+    at: u64,
+    block: Vec<u8>,
+    crcs: Vec<u32>,
+}
+
+impl std::io::Write for BlockCrcWriter<'_> {
+    fn write(&mut self, mut data: &[u8]) -> std::io::Result<usize> {
+        let n = data.len();
+        while !data.is_empty() {
+            let take = (SPILL_BLOCK as usize - self.block.len()).min(data.len());
+            self.block.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if self.block.len() == SPILL_BLOCK as usize {
+                self.flush()?;
+            }
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if !self.block.is_empty() {
+            self.file.write_all_at(&self.block, self.at)?;
+            self.crcs.push(crc32fast::hash(&self.block));
+            self.at += self.block.len() as u64;
+            self.block.clear();
+        }
+        Ok(())
     }
 }
 

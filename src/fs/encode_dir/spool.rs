@@ -225,6 +225,7 @@ impl EncodeDir {
             sidecar: false,
             threads: self.opts.threads,
             level: self.opts.level,
+            compress: self.opts.compress,
             overwrite: true,
             fsync: true,
             record_file_attributes: true,

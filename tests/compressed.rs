@@ -1,0 +1,403 @@
+//! Compressed payloads (issue 11): the pixels hold a zlib stream of the input in segments, with
+//! the reference's `compression` metadata, read at random through the `rtZX` segment index; and
+//! the reference's own compressed files (one zlib stream, or a zstd frame) decode and read.
+
+mod common;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use common::*;
+use pixelrts::cache::TileCache;
+use pixelrts::decode::{decode_to_writer, DecodeOptions};
+use pixelrts::encode::compressed::CompressMode;
+use pixelrts::encode::{encode_file, EncodeOptions};
+use pixelrts::reader::{Reader, ReaderOptions};
+use proptest::prelude::*;
+use serde_json::Value;
+
+/// Compressible content: text with some structure, binary-looking runs and zeros.
+fn content(n: usize, seed: u64) -> Vec<u8> {
+    let words = [
+        "kernel ",
+        "module ",
+        "init ",
+        "0x7f454c46 ",
+        "lib.so ",
+        "\n",
+        "error: ",
+        "path/to/",
+    ];
+    let mut out = Vec::with_capacity(n);
+    let mut x = seed | 1;
+    while out.len() < n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        match x % 7 {
+            0 => out.extend(std::iter::repeat_n(0u8, (x >> 8) as usize % 300)),
+            1 => out.extend((0..(x >> 8) % 64).map(|i| (x >> (i % 56)) as u8)),
+            _ => out.extend_from_slice(words[(x >> 12) as usize % words.len()].as_bytes()),
+        }
+    }
+    out.truncate(n);
+    out
+}
+
+fn encode_compressed(dir: &Path, name: &str, data: &[u8], segment_size: u32) -> PathBuf {
+    let input = dir.join(name);
+    fs::write(&input, data).unwrap();
+    let png = dir.join(format!("{name}.rts.png"));
+    let opts = EncodeOptions {
+        compress: CompressMode::Zlib,
+        segment_size,
+        sidecar: false,
+        overwrite: true,
+        ..Default::default()
+    };
+    encode_file(&input, &png, &opts).unwrap();
+    png
+}
+
+fn decode(png: &Path) -> pixelrts::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let opts = DecodeOptions {
+        verify: true,
+        ..Default::default()
+    };
+    decode_to_writer(png, &mut out, &opts)?;
+    Ok(out)
+}
+
+fn reader(png: &Path) -> Reader {
+    let opts = ReaderOptions {
+        cache: TileCache::shared(64 << 20),
+        checkpoint_dir: Some(png.parent().unwrap().join("checkpoints")),
+    };
+    Reader::open(png, &opts).unwrap()
+}
+
+fn check_ranges(r: &Reader, data: &[u8], seed: u64) {
+    let n = data.len() as u64;
+    let mut x = seed | 1;
+    for _ in 0..100 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let offset = x % n.max(1);
+        let len = ((x >> 33) % 300_000) as usize + 1;
+        let mut buf = vec![0u8; len];
+        let got = r.read_at(offset, &mut buf).unwrap();
+        let want = &data[offset as usize..(offset as usize + len).min(data.len())];
+        assert_eq!(got, want.len());
+        assert!(&buf[..got] == want, "range {offset}+{len} differs");
+    }
+}
+
+/// Rewrites one chunk of a PNG (CRC recomputed), so that a lie reaches the decoder.
+fn rewrite_chunk(png: &[u8], kind: &[u8; 4], f: impl Fn(&mut Vec<u8>)) -> Vec<u8> {
+    let mut b = PngBuilder::new();
+    for mut c in png_chunks(png).unwrap() {
+        if &c.kind == kind {
+            f(&mut c.data);
+        }
+        b = b.chunk(&c.kind, &c.data);
+    }
+    b.bytes
+}
+
+fn rewrite_metadata(png: &[u8], f: impl Fn(&mut serde_json::Map<String, Value>)) -> Vec<u8> {
+    rewrite_chunk(png, b"tEXt", |d| {
+        let nul = d.iter().position(|&b| b == 0).unwrap();
+        let json = &d[nul + 1 + "PixelRTS".len()..];
+        let mut m: serde_json::Map<String, Value> = serde_json::from_slice(json).unwrap();
+        f(&mut m);
+        let mut out = d[..nul + 1].to_vec();
+        out.extend_from_slice(b"PixelRTS");
+        out.extend_from_slice(serde_json::to_string(&m).unwrap().as_bytes());
+        *d = out;
+    })
+}
+
+#[test]
+fn round_trips_at_segment_and_tile_edges() {
+    let dir = tempfile::tempdir().unwrap();
+    let seg = 4096u32;
+    let s = seg as usize;
+    // A tile of the payload is 256 KiB; these sizes cross segment counts and payload tiles.
+    for n in [
+        1,
+        2,
+        s - 1,
+        s,
+        s + 1,
+        3 * s,
+        3 * s + 7,
+        65_536,
+        262_143,
+        262_144,
+        262_145,
+        1_500_000,
+    ] {
+        let data = content(n, n as u64);
+        let png = encode_compressed(dir.path(), &format!("c{n}"), &data, seg);
+        let meta = png_metadata(&fs::read(&png).unwrap()).unwrap();
+        let c = &meta["compression"];
+        assert_eq!(c["type"], "zlib", "n={n}");
+        assert_eq!(c["original_size"], n as u64);
+        assert_eq!(meta["data_size"], n as u64);
+        assert_eq!(c["compressed_size"], meta["encoded_size"]);
+        let keys: Vec<&str> = meta.keys().map(String::as_str).collect();
+        let at = keys.iter().position(|k| *k == "data_hash").unwrap();
+        assert_eq!(
+            &keys[at..],
+            ["data_hash", "data_size", "compression", "encoded_size"],
+            "reference key order"
+        );
+        assert!(decode(&png).unwrap() == data, "decode n={n}");
+        let r = reader(&png);
+        assert!(r.is_compressed());
+        assert_eq!(r.len(), n as u64);
+        check_ranges(&r, &data, n as u64);
+        let mut all = vec![0u8; n];
+        r.read_exact_at(0, &mut all).unwrap();
+        assert!(all == data, "whole read n={n}");
+    }
+}
+
+#[test]
+fn default_segments_round_trip_and_auto_decides() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = content(3_000_000, 5);
+    let input = dir.path().join("text");
+    fs::write(&input, &data).unwrap();
+    let png = dir.path().join("text.rts.png");
+    encode_file(&input, &png, &EncodeOptions::default()).unwrap();
+    let bytes = fs::read(&png).unwrap();
+    assert!(
+        png_metadata(&bytes).unwrap().contains_key("compression"),
+        "auto compresses text"
+    );
+    assert!(bytes.len() < data.len() / 3, "{} bytes", bytes.len());
+    assert!(decode(&png).unwrap() == data);
+    check_ranges(&reader(&png), &data, 9);
+
+    let random = prng_bytes(1_000_000, 3);
+    fs::write(&input, &random).unwrap();
+    let opts = EncodeOptions {
+        overwrite: true,
+        ..Default::default()
+    };
+    encode_file(&input, &png, &opts).unwrap();
+    let bytes = fs::read(&png).unwrap();
+    assert!(
+        !png_metadata(&bytes).unwrap().contains_key("compression"),
+        "auto leaves random data raw"
+    );
+    // `none` keeps pixels = bytes even for text.
+    fs::write(&input, &data).unwrap();
+    let opts = EncodeOptions {
+        overwrite: true,
+        compress: CompressMode::None,
+        ..Default::default()
+    };
+    encode_file(&input, &png, &opts).unwrap();
+    let bytes = fs::read(&png).unwrap();
+    assert!(!png_metadata(&bytes).unwrap().contains_key("compression"));
+    assert!(independent_rust_decode(&bytes).unwrap() == data);
+}
+
+#[test]
+fn reference_way_of_decoding_reads_ours() {
+    // Pillow + Hilbert walk + zlib.decompress of encoded_size bytes (tests/independent_decode.py),
+    // and the png crate + Hilbert walk + flate2 here.
+    let dir = tempfile::tempdir().unwrap();
+    for (n, seg) in [(100_000usize, 4096u32), (700_000, 256 << 10)] {
+        let data = content(n, 77);
+        let png = encode_compressed(dir.path(), &format!("r{n}"), &data, seg);
+        let out = dir.path().join(format!("r{n}.py"));
+        assert!(python_decode(&png, &out) == data, "python n={n}");
+        let bytes = fs::read(&png).unwrap();
+        let meta = png_metadata(&bytes).unwrap();
+        let decoded = png_decode(&bytes).unwrap();
+        let grid = meta["grid_size"].as_u64().unwrap();
+        let encoded = meta["encoded_size"].as_u64().unwrap() as usize;
+        let stream = hilbert_gather(&decoded.rgba, grid, encoded);
+        let mut inflated = Vec::new();
+        use std::io::Read;
+        flate2::read::ZlibDecoder::new(&stream[..])
+            .read_to_end(&mut inflated)
+            .unwrap();
+        assert!(inflated == data, "flate2 n={n}");
+        if pngcheck_available() {
+            assert_pngcheck(&png);
+        }
+    }
+}
+
+/// A compressed file as the reference writes it: the pixels hold one zlib stream (or a zstd
+/// frame) of the data, no segment index.
+fn reference_compressed(data: &[u8], stream: &[u8], kind: &str) -> Vec<u8> {
+    let grid = expected_grid(stream.len() as u64);
+    let mut rgba = vec![0u8; (4 * grid * grid) as usize];
+    for (d, px) in stream.chunks(4).enumerate() {
+        let (x, y) = d2xy(grid, d as u64);
+        let p = 4 * (y * grid + x) as usize;
+        rgba[p..p + px.len()].copy_from_slice(px);
+    }
+    let mut meta = reference_metadata(grid, data);
+    let m = meta.as_object_mut().unwrap();
+    m.insert(
+        "compression".into(),
+        serde_json::json!({"type": kind, "level": 2, "original_size": data.len(),
+            "compressed_size": stream.len(), "ratio": stream.len() as f64 / data.len() as f64}),
+    );
+    m.insert("encoded_size".into(), stream.len().into());
+    PngBuilder::new()
+        .ihdr(grid as u32, grid as u32, 8, 6)
+        .metadata(&meta)
+        .idat(&zlib(&filter_none(&rgba, 4 * grid as usize)))
+        .iend()
+}
+
+#[test]
+fn reference_compressed_files_decode_and_read_at_random() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = content(400_000, 11);
+    let zstd =
+        ruzstd::encoding::compress_to_vec(&data[..], ruzstd::encoding::CompressionLevel::Fastest);
+    for (name, stream, kind) in [("z", zlib(&data), "zlib"), ("s", zstd, "zstd-h5")] {
+        let png = dir.path().join(format!("{name}.rts.png"));
+        fs::write(&png, reference_compressed(&data, &stream, kind)).unwrap();
+        assert!(decode(&png).unwrap() == data, "{kind} decodes");
+        let r = reader(&png);
+        assert!(r.is_compressed());
+        check_ranges(&r, &data, 4);
+    }
+}
+
+#[test]
+fn corrupted_segment_fails_only_its_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = content(200_000, 21);
+    let png = encode_compressed(dir.path(), "seg", &data, 4096);
+    let bytes = fs::read(&png).unwrap();
+    // Segment 3's CRC is wrong (chunk CRC fixed up, so only the segment check can catch it).
+    let bad = rewrite_chunk(&bytes, b"rtZX", |d| {
+        let count = u64::from_be_bytes(d[32..40].try_into().unwrap()) as usize;
+        let at = 48 + 8 * (count + 1) + 4 * 3;
+        d[at] ^= 0x55;
+    });
+    let bad_png = dir.path().join("bad.rts.png");
+    fs::write(&bad_png, bad).unwrap();
+    let r = reader(&bad_png);
+    let mut buf = vec![0u8; 100];
+    let e = r.read_at(3 * 4096 + 10, &mut buf).unwrap_err().to_string();
+    assert!(e.contains("bad.rts.png") && e.contains("segment 3"), "{e}");
+    r.read_exact_at(2 * 4096, &mut buf).unwrap();
+    assert_eq!(&buf[..], &data[2 * 4096..2 * 4096 + 100]);
+    r.read_exact_at(4 * 4096, &mut buf).unwrap();
+    assert_eq!(&buf[..], &data[4 * 4096..4 * 4096 + 100]);
+    // A full decode also refuses it: the segment's bytes are fine but `--verify`'s hash is
+    // of the data, and the reader never served the bad segment.
+    assert!(decode(&bad_png).is_ok(), "the stream itself is intact");
+}
+
+#[test]
+fn lies_are_clean_errors_naming_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = content(100_000, 31);
+    let png = encode_compressed(dir.path(), "lie", &data, 4096);
+    let bytes = fs::read(&png).unwrap();
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "swapped segment offsets",
+            rewrite_chunk(&bytes, b"rtZX", |d| {
+                let a: [u8; 8] = d[56..64].try_into().unwrap();
+                let b: [u8; 8] = d[64..72].try_into().unwrap();
+                d[56..64].copy_from_slice(&b);
+                d[64..72].copy_from_slice(&a);
+            }),
+        ),
+        (
+            "segment offset moved by one",
+            rewrite_chunk(&bytes, b"rtZX", |d| d[63] += 1),
+        ),
+        (
+            "wrong encoded_size",
+            rewrite_metadata(&bytes, |m| {
+                let e = m["encoded_size"].as_u64().unwrap();
+                m.insert("encoded_size".into(), (e - 1).into());
+            }),
+        ),
+        (
+            "compression object lies about the original size",
+            rewrite_metadata(&bytes, |m| {
+                m["compression"]["original_size"] = 5.into();
+            }),
+        ),
+        (
+            "compression object lies about the compressed size",
+            rewrite_metadata(&bytes, |m| {
+                m["compression"]["compressed_size"] = 5.into();
+            }),
+        ),
+    ];
+    for (what, png_bytes) in cases {
+        let p = dir.path().join("liar.rts.png");
+        fs::write(&p, png_bytes).unwrap();
+        let opened = Reader::open(&p, &ReaderOptions::default());
+        let err = match opened {
+            Err(e) => e.to_string(),
+            Ok(r) => {
+                // Detected at read time at the latest, and never as wrong bytes.
+                let mut all = vec![0u8; data.len()];
+                match r.read_exact_at(0, &mut all) {
+                    Err(e) => e.to_string(),
+                    Ok(()) => panic!("{what}: read succeeded"),
+                }
+            }
+        };
+        assert!(err.contains("liar.rts.png"), "{what}: {err}");
+        // A whole decode either refuses the file or, where the lie is only in the index it
+        // does not need (it inflates the one stream), returns the verified original.
+        match decode(&p) {
+            Err(e) => assert!(e.to_string().contains("liar.rts.png"), "{what}: {e}"),
+            Ok(out) => assert!(out == data, "{what}: decode gave wrong bytes"),
+        }
+    }
+}
+
+#[test]
+fn zlib_bomb_in_the_payload_stops_at_data_size() {
+    let dir = tempfile::tempdir().unwrap();
+    // 64 MiB of zeros in 65 KB of zlib, declared as 1000 bytes of data.
+    let claimed = vec![0u8; 1000];
+    let bomb = zlib(&vec![0u8; 64 << 20]);
+    let png = dir.path().join("bomb.rts.png");
+    fs::write(&png, reference_compressed(&claimed, &bomb, "zlib")).unwrap();
+    let e = decode(&png).unwrap_err().to_string();
+    assert!(e.contains("bomb.rts.png") && e.contains("data_size"), "{e}");
+    let r = reader(&png);
+    let e = r.read_at(0, &mut [0u8; 10]).unwrap_err().to_string();
+    assert!(e.contains("bomb.rts.png"), "{e}");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+    #[test]
+    fn compressed_ranges_match(n in 1usize..400_000, seg_log2 in 9u32..17, seed in 1u64..1000,
+                               picks in proptest::collection::vec((0.0f64..1.0, 1usize..70_000), 8)) {
+        let dir = tempfile::tempdir().unwrap();
+        let data = content(n, seed);
+        let png = encode_compressed(dir.path(), "p", &data, 1 << seg_log2);
+        let r = reader(&png);
+        for (at, len) in picks {
+            let offset = ((n as f64) * at) as u64;
+            let mut buf = vec![0u8; len];
+            let got = r.read_at(offset, &mut buf).unwrap();
+            let end = (offset as usize + len).min(n);
+            prop_assert_eq!(&buf[..got], &data[offset as usize..end]);
+        }
+    }
+}
