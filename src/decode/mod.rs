@@ -441,7 +441,10 @@ fn decode_container(c: &Container, sink: Sink<'_>, opts: &DecodeOptions) -> Resu
             written: 0,
         };
         decode_pixels(c, &mut inner, opts, mapper)?;
-        decompress_payload(c, &temp, inner.written, &mut writer)?;
+        match &c.segments {
+            Some(index) => inflate_segments(c, &temp, index, &mut writer)?,
+            None => decompress_payload(c, &temp, inner.written, &mut writer)?,
+        }
     } else {
         decode_pixels(c, &mut writer, opts, mapper)?;
     }
@@ -518,6 +521,93 @@ fn decode_base64(c: &Container, b64: &B64Source, out: &mut HashingWriter<'_>) ->
                 done += n as u64;
             }
         }
+    }
+    Ok(())
+}
+
+/// Inflates an indexed compressed payload a batch of segments at a time on the rayon pool,
+/// each checked against its CRC-32, and writes them in order.
+fn inflate_segments(
+    c: &Container,
+    temp: &File,
+    index: &crate::format::zindex::SegmentIndex,
+    out: &mut HashingWriter<'_>,
+) -> Result<()> {
+    if index.encoded_size == 0 {
+        return Ok(());
+    }
+    // SAFETY: an unlinked temporary file that only this process writes, and it is complete.
+    let map = unsafe { memmap2::Mmap::map(temp) }.map_err(|e| Error::io("<temporary file>", e))?;
+    if (map.len() as u64) < index.encoded_size {
+        return Err(Error::corrupt(
+            &c.path,
+            "the pixels hold less than encoded_size bytes",
+        ));
+    }
+    let batch = (rayon::current_num_threads() * 4).max(8) as u64;
+    // Writing and hashing (SHA-256: one stream) run on their own thread, one batch behind
+    // the pool's inflating.
+    let (send, receive) = sync_channel::<Vec<Vec<u8>>>(1);
+    std::thread::scope(|scope| -> Result<()> {
+        let writer = scope.spawn(move || -> Result<()> {
+            for segments in receive {
+                for seg in segments {
+                    out.write(&seg).map_err(|e| Error::io("<output>", e))?;
+                }
+            }
+            Ok(())
+        });
+        let inflated = inflate_batches(c, &map, index, batch, &send);
+        drop(send);
+        let written = writer.join().expect("writer thread panicked");
+        inflated.and(written)
+    })
+}
+
+fn inflate_batches(
+    c: &Container,
+    map: &[u8],
+    index: &crate::format::zindex::SegmentIndex,
+    batch: u64,
+    send: &std::sync::mpsc::SyncSender<Vec<Vec<u8>>>,
+) -> Result<()> {
+    let mut first = 0;
+    while first < index.count() {
+        let last = (first + batch).min(index.count());
+        let segments: Vec<Vec<u8>> = (first..last)
+            .into_par_iter()
+            .map_init(
+                || flate2::Decompress::new(false),
+                |inflater, s| {
+                    let (a, z) = index.coded_range(s);
+                    let (x, y) = index.original_range(s);
+                    let mut seg = vec![0u8; (y - x) as usize];
+                    crate::format::segment::inflate_piece(
+                        &map[a as usize..z as usize],
+                        &mut seg,
+                        inflater,
+                    )
+                    .map_err(|e| {
+                        Error::corrupt(
+                            &c.path,
+                            format!("compressed segment {s} (bytes {x}..{y}): {e}"),
+                        )
+                    })?;
+                    if crc32fast::hash(&seg) != index.crcs[s as usize] {
+                        return Err(Error::corrupt(
+                            &c.path,
+                            format!("compressed segment {s} (bytes {x}..{y}) fails its CRC-32"),
+                        ));
+                    }
+                    Ok(seg)
+                },
+            )
+            .collect::<Result<_>>()?;
+        if send.send(segments).is_err() {
+            // The writer failed; its error is the one reported.
+            return Ok(());
+        }
+        first = last;
     }
     Ok(())
 }

@@ -225,6 +225,9 @@ fn encode_with<W: Write + Seek + Send>(
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Some(cores.saturating_sub(1).max(1))
     });
+    let compress_threads = opts
+        .threads
+        .or_else(|| std::thread::available_parallelism().map(|n| n.get()).ok());
     with_threads(threads, || {
         let compress = match opts.compress {
             CompressMode::None => false,
@@ -246,13 +249,17 @@ fn encode_with<W: Write + Seek + Send>(
                 opts.compress_level
             )));
         }
-        let payload = compressed::compress_payload(
-            data,
-            release,
-            opts.compress_level,
-            opts.segment_size,
-            temp_dir,
-        )?;
+        // Deflate is the floor here, not SHA-256 (≈ 25× faster than level 6): the segments get
+        // every core, the hash thread shares them.
+        let payload = with_threads(compress_threads, || {
+            compressed::compress_payload(
+                data,
+                release,
+                opts.compress_level,
+                opts.segment_size,
+                temp_dir,
+            )
+        })?;
         // SAFETY: the temporary file is unlinked and only this process holds it.
         let map =
             unsafe { memmap2::Mmap::map(&payload.file) }.map_err(|e| Error::io(temp_dir, e))?;
