@@ -235,31 +235,6 @@ fn reference_way_of_decoding_reads_ours() {
     }
 }
 
-/// A compressed file as the reference writes it: the pixels hold one zlib stream (or a zstd
-/// frame) of the data, no segment index.
-fn reference_compressed(data: &[u8], stream: &[u8], kind: &str) -> Vec<u8> {
-    let grid = expected_grid(stream.len() as u64);
-    let mut rgba = vec![0u8; (4 * grid * grid) as usize];
-    for (d, px) in stream.chunks(4).enumerate() {
-        let (x, y) = d2xy(grid, d as u64);
-        let p = 4 * (y * grid + x) as usize;
-        rgba[p..p + px.len()].copy_from_slice(px);
-    }
-    let mut meta = reference_metadata(grid, data);
-    let m = meta.as_object_mut().unwrap();
-    m.insert(
-        "compression".into(),
-        serde_json::json!({"type": kind, "level": 2, "original_size": data.len(),
-            "compressed_size": stream.len(), "ratio": stream.len() as f64 / data.len() as f64}),
-    );
-    m.insert("encoded_size".into(), stream.len().into());
-    PngBuilder::new()
-        .ihdr(grid as u32, grid as u32, 8, 6)
-        .metadata(&meta)
-        .idat(&zlib(&filter_none(&rgba, 4 * grid as usize)))
-        .iend()
-}
-
 #[test]
 fn reference_compressed_files_decode_and_read_at_random() {
     let dir = tempfile::tempdir().unwrap();
@@ -298,9 +273,9 @@ fn corrupted_segment_fails_only_its_reads() {
     assert_eq!(&buf[..], &data[2 * 4096..2 * 4096 + 100]);
     r.read_exact_at(4 * 4096, &mut buf).unwrap();
     assert_eq!(&buf[..], &data[4 * 4096..4 * 4096 + 100]);
-    // A full decode also refuses it: the segment's bytes are fine but `--verify`'s hash is
-    // of the data, and the reader never served the bad segment.
-    assert!(decode(&bad_png).is_ok(), "the stream itself is intact");
+    // A whole decode reads through the same segment checks: it refuses the file, naming it.
+    let e = decode(&bad_png).unwrap_err().to_string();
+    assert!(e.contains("bad.rts.png") && e.contains("segment 3"), "{e}");
 }
 
 #[test]

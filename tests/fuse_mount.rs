@@ -1124,3 +1124,49 @@ fn encode_dir_namespace_operations() {
         );
     });
 }
+
+/// Issue 11: compressed payloads show through the mount as plain files — ours (read at random
+/// through the segment index) and the reference's (one zlib stream, decoded once) — and files
+/// written into encode/ become compressed PNGs that Pillow + zlib.decompress read back.
+#[test]
+fn compressed_images_read_through_the_mount_and_encode_dir_compresses() {
+    let m = Mounted::unmounted();
+    let text: Vec<u8> = (0..3_000_000u32)
+        .map(|i| {
+            b"lorem ipsum dolor sit amet, consectetur\n"[(i % 40) as usize] ^ ((i / 4093) % 3) as u8
+        })
+        .collect();
+    encode_into(
+        &text,
+        &m.src.join("ours.rts.png"),
+        &["--segment-size", "64K"],
+    );
+    let meta = png_metadata(&std::fs::read(m.src.join("ours.rts.png")).unwrap()).unwrap();
+    assert!(
+        meta.contains_key("compression"),
+        "text is compressed by default"
+    );
+    let theirs = &text[..700_000];
+    std::fs::write(
+        m.src.join("theirs.rts.png"),
+        reference_compressed(theirs, &zlib(theirs), "zlib"),
+    )
+    .unwrap();
+    m.mount_ok(&["cache_size=32M"]);
+    assert_eq!(std::fs::read(m.path("ours")).unwrap(), text);
+    assert_eq!(std::fs::read(m.path("theirs")).unwrap(), theirs);
+    // A range in the middle, through pread.
+    let f = std::fs::File::open(m.path("ours")).unwrap();
+    let mut buf = vec![0u8; 10_000];
+    std::os::unix::fs::FileExt::read_exact_at(&f, &mut buf, 1_234_567).unwrap();
+    assert_eq!(&buf[..], &text[1_234_567..1_244_567]);
+    drop(f);
+    std::fs::write(m.path("encode/new.txt"), &text).unwrap();
+    let png = m.src.join("new.txt.rts.png");
+    let bytes = std::fs::read(&png).unwrap();
+    assert!(png_metadata(&bytes).unwrap().contains_key("compression"));
+    assert!(bytes.len() < text.len() / 4, "{} bytes", bytes.len());
+    let tmp = tempfile::tempdir().unwrap();
+    assert!(python_decode(&png, &tmp.path().join("py")) == text);
+    assert_eq!(std::fs::read(m.path("new.txt")).unwrap(), text);
+}

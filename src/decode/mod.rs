@@ -432,8 +432,11 @@ fn decode_container(c: &Container, sink: Sink<'_>, opts: &DecodeOptions) -> Resu
     };
     if let Some(b64) = &md.b64 {
         decode_base64(c, b64, &mut writer)?;
+    } else if md.compressed && c.segments.is_some() {
+        decode_through_reader(c, &mut writer)?;
     } else if md.compressed {
-        // The pixels hold a compressed stream: decode it to a temporary file, then inflate it.
+        // The reference's compressed files (no segment index): the pixels hold one zlib stream
+        // or zstd frame; decode it to a temporary file, then inflate it.
         let temp = tempfile::tempfile().map_err(|e| Error::io("<temporary file>", e))?;
         let mut inner = HashingWriter {
             sink: Sink::File(&temp),
@@ -441,10 +444,7 @@ fn decode_container(c: &Container, sink: Sink<'_>, opts: &DecodeOptions) -> Resu
             written: 0,
         };
         decode_pixels(c, &mut inner, opts, mapper)?;
-        match &c.segments {
-            Some(index) => inflate_segments(c, &temp, index, &mut writer)?,
-            None => decompress_payload(c, &temp, inner.written, &mut writer)?,
-        }
+        decompress_payload(c, &temp, inner.written, &mut writer)?;
     } else {
         decode_pixels(c, &mut writer, opts, mapper)?;
     }
@@ -525,91 +525,53 @@ fn decode_base64(c: &Container, b64: &B64Source, out: &mut HashingWriter<'_>) ->
     Ok(())
 }
 
-/// Inflates an indexed compressed payload a batch of segments at a time on the rayon pool,
-/// each checked against its CRC-32, and writes them in order.
-fn inflate_segments(
-    c: &Container,
-    temp: &File,
-    index: &crate::format::zindex::SegmentIndex,
-    out: &mut HashingWriter<'_>,
-) -> Result<()> {
-    if index.encoded_size == 0 {
-        return Ok(());
+/// Decodes an indexed compressed payload through the random-access reader, 16 MiB at a time:
+/// each read inflates its segments in parallel (every tile and segment CRC-checked) straight
+/// from the pixels, so nothing the size of the payload is written anywhere; writing and
+/// SHA-256 run on their own thread, one read behind.
+fn decode_through_reader(c: &Container, out: &mut HashingWriter<'_>) -> Result<()> {
+    const READ: u64 = 16 << 20;
+    let opts = crate::reader::ReaderOptions {
+        // Room for the read-ahead of the tiles under the segments, not for the whole file.
+        cache: crate::cache::TileCache::shared(96 << 20),
+        checkpoint_dir: None,
+    };
+    let reader = crate::reader::Reader::open(&c.path, &opts)?;
+    let len = reader.len();
+    let (send_full, receive_full) = sync_channel::<Vec<u8>>(1);
+    let (send_empty, receive_empty) = sync_channel::<Vec<u8>>(2);
+    for _ in 0..2 {
+        send_empty.send(Vec::new()).expect("channel has room");
     }
-    // SAFETY: an unlinked temporary file that only this process writes, and it is complete.
-    let map = unsafe { memmap2::Mmap::map(temp) }.map_err(|e| Error::io("<temporary file>", e))?;
-    if (map.len() as u64) < index.encoded_size {
-        return Err(Error::corrupt(
-            &c.path,
-            "the pixels hold less than encoded_size bytes",
-        ));
-    }
-    let batch = (rayon::current_num_threads() * 4).max(8) as u64;
-    // Writing and hashing (SHA-256: one stream) run on their own thread, one batch behind
-    // the pool's inflating.
-    let (send, receive) = sync_channel::<Vec<Vec<u8>>>(1);
     std::thread::scope(|scope| -> Result<()> {
         let writer = scope.spawn(move || -> Result<()> {
-            for segments in receive {
-                for seg in segments {
-                    out.write(&seg).map_err(|e| Error::io("<output>", e))?;
-                }
+            for buf in receive_full {
+                out.write(&buf).map_err(|e| Error::io("<output>", e))?;
+                // The reader side may have stopped: then nobody needs the buffer back.
+                let _ = send_empty.send(buf);
             }
             Ok(())
         });
-        let inflated = inflate_batches(c, &map, index, batch, &send);
-        drop(send);
+        let read = (|| -> Result<()> {
+            let mut offset = 0;
+            while offset < len {
+                let Ok(mut buf) = receive_empty.recv() else {
+                    return Ok(()); // the writer failed; its error is reported
+                };
+                let n = (len - offset).min(READ) as usize;
+                buf.resize(n, 0);
+                reader.read_exact_at(offset, &mut buf)?;
+                if send_full.send(buf).is_err() {
+                    return Ok(());
+                }
+                offset += n as u64;
+            }
+            Ok(())
+        })();
+        drop(send_full);
         let written = writer.join().expect("writer thread panicked");
-        inflated.and(written)
+        read.and(written)
     })
-}
-
-fn inflate_batches(
-    c: &Container,
-    map: &[u8],
-    index: &crate::format::zindex::SegmentIndex,
-    batch: u64,
-    send: &std::sync::mpsc::SyncSender<Vec<Vec<u8>>>,
-) -> Result<()> {
-    let mut first = 0;
-    while first < index.count() {
-        let last = (first + batch).min(index.count());
-        let segments: Vec<Vec<u8>> = (first..last)
-            .into_par_iter()
-            .map_init(
-                || flate2::Decompress::new(false),
-                |inflater, s| {
-                    let (a, z) = index.coded_range(s);
-                    let (x, y) = index.original_range(s);
-                    let mut seg = vec![0u8; (y - x) as usize];
-                    crate::format::segment::inflate_piece(
-                        &map[a as usize..z as usize],
-                        &mut seg,
-                        inflater,
-                    )
-                    .map_err(|e| {
-                        Error::corrupt(
-                            &c.path,
-                            format!("compressed segment {s} (bytes {x}..{y}): {e}"),
-                        )
-                    })?;
-                    if crc32fast::hash(&seg) != index.crcs[s as usize] {
-                        return Err(Error::corrupt(
-                            &c.path,
-                            format!("compressed segment {s} (bytes {x}..{y}) fails its CRC-32"),
-                        ));
-                    }
-                    Ok(seg)
-                },
-            )
-            .collect::<Result<_>>()?;
-        if send.send(segments).is_err() {
-            // The writer failed; its error is the one reported.
-            return Ok(());
-        }
-        first = last;
-    }
-    Ok(())
 }
 
 fn decompress_payload(

@@ -58,9 +58,9 @@ impl std::fmt::Display for CompressMode {
 
 /// Original bytes per segment. Measured in docs/LAYOUT.md ("Segment size and level"): the
 /// full flush costs little at this size, and a cold 4 KiB read inflates one segment.
-pub const DEFAULT_SEGMENT_SIZE: u32 = 256 << 10;
+pub const DEFAULT_SEGMENT_SIZE: u32 = 512 << 10;
 /// zlib level of the segments, measured in docs/LAYOUT.md.
-pub const DEFAULT_COMPRESS_LEVEL: u32 = 6;
+pub const DEFAULT_COMPRESS_LEVEL: u32 = 7;
 
 /// `auto` compresses when the sample shrinks to at most this fraction…
 const AUTO_MAX_RATIO: f64 = 0.97;

@@ -470,3 +470,28 @@ pub fn python_decode(file: &Path, out: &Path) -> Vec<u8> {
     );
     std::fs::read(out).unwrap()
 }
+
+/// A compressed file as the reference writes it: the pixels hold one zlib stream (or a zstd
+/// frame) of the data, no segment index.
+pub fn reference_compressed(data: &[u8], stream: &[u8], kind: &str) -> Vec<u8> {
+    let grid = expected_grid(stream.len() as u64);
+    let mut rgba = vec![0u8; (4 * grid * grid) as usize];
+    for (d, px) in stream.chunks(4).enumerate() {
+        let (x, y) = d2xy(grid, d as u64);
+        let p = 4 * (y * grid + x) as usize;
+        rgba[p..p + px.len()].copy_from_slice(px);
+    }
+    let mut meta = reference_metadata(grid, data);
+    let m = meta.as_object_mut().unwrap();
+    m.insert(
+        "compression".into(),
+        serde_json::json!({"type": kind, "level": 2, "original_size": data.len(),
+            "compressed_size": stream.len(), "ratio": stream.len() as f64 / data.len() as f64}),
+    );
+    m.insert("encoded_size".into(), stream.len().into());
+    PngBuilder::new()
+        .ihdr(grid as u32, grid as u32, 8, 6)
+        .metadata(&meta)
+        .idat(&zlib(&filter_none(&rgba, 4 * grid as usize)))
+        .iend()
+}
