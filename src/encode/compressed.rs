@@ -11,13 +11,15 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::Path;
 
-use flate2::{Compress, Compression, FlushCompress, Status};
+use flate2::{Compress, Compression};
 use rayon::prelude::*;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
-use crate::format::segment::{adler32, adler32_combine, FINAL_EMPTY_BLOCK, ZLIB_HEADER};
+use crate::format::segment::{
+    adler32, adler32_combine, deflate_or_store, FINAL_EMPTY_BLOCK, ZLIB_HEADER,
+};
 use crate::format::zindex::SegmentIndex;
 
 /// `--compress auto|zlib|none`.
@@ -92,45 +94,6 @@ pub fn worth_compressing(data: &[u8]) -> bool {
     }
     let ratio = coded as f64 / raw as f64;
     ratio <= AUTO_MAX_RATIO && (1.0 - ratio) * data.len() as f64 >= AUTO_MIN_SAVING
-}
-
-/// Appends `raw` to `out` as raw deflate ending byte-aligned with a full flush, or as stored
-/// blocks when deflate does not shrink it. Returns the bytes appended.
-pub fn deflate_or_store(
-    raw: &[u8],
-    compressor: &mut Compress,
-    level: u32,
-    out: &mut Vec<u8>,
-) -> usize {
-    let start = out.len();
-    let stored_len = raw.len() + 5 * raw.len().div_ceil(0xffff).max(1);
-    if level > 0 {
-        compressor.reset();
-        // Room for deflate's worst case, so the flush always completes in one call.
-        out.resize(start + raw.len() + raw.len() / 8 + 64, 0);
-        let before_in = compressor.total_in();
-        let before_out = compressor.total_out();
-        let status = compressor.compress(raw, &mut out[start..], FlushCompress::Full);
-        let consumed = (compressor.total_in() - before_in) as usize;
-        let produced = (compressor.total_out() - before_out) as usize;
-        out.truncate(start + produced);
-        let flushed = matches!(status, Ok(Status::Ok))
-            && consumed == raw.len()
-            && out.ends_with(&[0, 0, 0xff, 0xff]);
-        if !flushed {
-            *compressor = Compress::new(Compression::new(level.min(9)), false);
-        } else if produced < stored_len {
-            return produced;
-        }
-        out.truncate(start);
-    }
-    for block in raw.chunks(0xffff) {
-        crate::format::segment::store_piece(block, out);
-    }
-    if raw.is_empty() {
-        crate::format::segment::store_piece(&[], out);
-    }
-    out.len() - start
 }
 
 /// The compressed stream, in an unlinked temporary file, with its index and the input's hash.

@@ -495,7 +495,7 @@ fn encode_core<W: Write + Seek + Send>(
                     } else {
                         &data[start as usize..(start + tile_bytes).min(n) as usize]
                     };
-                    let kind = classify(payload, level);
+                    let kind = classify(payload, tile_bytes as usize, level);
                     TileJob {
                         place,
                         payload,
@@ -639,13 +639,19 @@ fn encode_core<W: Write + Seek + Send>(
 }
 
 /// Decides how a tile's pieces are coded from a small sample of its payload.
-fn classify(payload: &[u8], level: u32) -> TileKind {
+fn classify(payload: &[u8], tile_bytes: usize, level: u32) -> TileKind {
     // An all-zero tile has exactly the pixels of a tile past the data: reuse the zero pieces.
     if payload.iter().all(|&b| b == 0) {
         return TileKind::Empty;
     }
     if level == 0 {
         return TileKind::Stored;
+    }
+    // The partly filled tile at the end of the data: a sample cannot speak for its zero
+    // padding, so every piece is tried (each still falls back to stored when deflate does not
+    // shrink it) and the padding costs a few bytes a piece instead of being stored raw.
+    if payload.len() < tile_bytes {
+        return TileKind::Deflated;
     }
     // Two 1 KiB samples, from the start and the middle: compressing them costs well under 1%
     // of the tile, and random data then skips deflate entirely.

@@ -45,30 +45,60 @@ impl PieceCompressor {
     /// Appends the piece to `out`, compressed if that makes it smaller, else stored.
     /// Returns the number of bytes appended.
     pub fn compress(&mut self, raw: &[u8], out: &mut Vec<u8>) -> usize {
-        let start = out.len();
-        if let Some(deflate) = self.deflate.as_mut() {
-            let budget = raw.len() + STORED_OVERHEAD;
-            // Room for deflate's worst case, so every call ends with its flush complete: zlib-rs
-            // can panic when a compressor whose output ran short is reset and reused.
-            out.reserve(raw.len() + raw.len() / 8 + 64);
-            let before_out = deflate.total_out();
-            let before_in = deflate.total_in();
-            let status = deflate.compress_vec(raw, out, FlushCompress::Full);
-            let produced = (deflate.total_out() - before_out) as usize;
-            let consumed = (deflate.total_in() - before_in) as usize;
-            let flushed = matches!(status, Ok(Status::Ok))
-                && consumed == raw.len()
-                && out.ends_with(&[0, 0, 0xff, 0xff]);
-            if !flushed {
-                // Never reuse a compressor left mid-stream: start a fresh one.
-                *deflate = Compress::new(Compression::new(self.level.min(9)), false);
-            } else if produced < budget {
-                return produced;
+        match self.deflate.as_mut() {
+            Some(deflate) => deflate_or_store(raw, deflate, self.level, out),
+            None => {
+                let start = out.len();
+                store_raw(raw, out);
+                out.len() - start
             }
-            out.truncate(start);
         }
-        store_piece(raw, out);
-        out.len() - start
+    }
+}
+
+/// Appends `raw` to `out` as raw deflate from `compressor` ending byte-aligned with a full flush
+/// (so the next call's output is independent of this one's), or as stored blocks when deflate
+/// does not make it smaller. Returns the bytes appended. Serves both the pixels' pieces and a
+/// compressed payload's segments.
+pub fn deflate_or_store(
+    raw: &[u8],
+    compressor: &mut Compress,
+    level: u32,
+    out: &mut Vec<u8>,
+) -> usize {
+    let start = out.len();
+    let stored_len = raw.len() + STORED_OVERHEAD * raw.len().div_ceil(0xffff).max(1);
+    // Room for deflate's worst case, so every call ends with its flush complete: zlib-rs can
+    // panic when a compressor whose output ran short is reset and reused.
+    out.resize(start + raw.len() + raw.len() / 8 + 64, 0);
+    let before_in = compressor.total_in();
+    let before_out = compressor.total_out();
+    let status = compressor.compress(raw, &mut out[start..], FlushCompress::Full);
+    let consumed = (compressor.total_in() - before_in) as usize;
+    let produced = (compressor.total_out() - before_out) as usize;
+    out.truncate(start + produced);
+    let flushed = matches!(status, Ok(Status::Ok))
+        && consumed == raw.len()
+        && out.ends_with(&[0, 0, 0xff, 0xff]);
+    if !flushed {
+        // Never reuse a compressor left mid-stream: start a fresh one.
+        *compressor = Compress::new(Compression::new(level.clamp(1, 9)), false);
+    } else if produced < stored_len {
+        return produced;
+    }
+    out.truncate(start);
+    store_raw(raw, out);
+    out.len() - start
+}
+
+/// Appends `raw` as non-final stored blocks of at most 65535 bytes (one empty block for no
+/// bytes).
+pub fn store_raw(raw: &[u8], out: &mut Vec<u8>) {
+    if raw.is_empty() {
+        store_piece(&[], out);
+    }
+    for block in raw.chunks(0xffff) {
+        store_piece(block, out);
     }
 }
 

@@ -394,15 +394,21 @@ pub fn reference_metadata(grid: u64, data: &[u8]) -> Value {
     })
 }
 
-/// A complete, valid PixelRTS PNG written independently of the library (standard mode).
-pub fn handmade_pixelrts(data: &[u8]) -> Vec<u8> {
-    let grid = expected_grid(data.len() as u64);
+/// Row-major RGBA pixels of a `grid`-sided image holding `payload` along the Hilbert curve.
+pub fn hilbert_scatter(payload: &[u8], grid: u64) -> Vec<u8> {
     let mut rgba = vec![0u8; (4 * grid * grid) as usize];
-    for (d, px) in data.chunks(4).enumerate() {
+    for (d, px) in payload.chunks(4).enumerate() {
         let (x, y) = d2xy(grid, d as u64);
         let p = 4 * (y * grid + x) as usize;
         rgba[p..p + px.len()].copy_from_slice(px);
     }
+    rgba
+}
+
+/// A complete, valid PixelRTS PNG written independently of the library (standard mode).
+pub fn handmade_pixelrts(data: &[u8]) -> Vec<u8> {
+    let grid = expected_grid(data.len() as u64);
+    let rgba = hilbert_scatter(data, grid);
     PngBuilder::new()
         .ihdr(grid as u32, grid as u32, 8, 6)
         .metadata(&reference_metadata(grid, data))
@@ -475,12 +481,7 @@ pub fn python_decode(file: &Path, out: &Path) -> Vec<u8> {
 /// frame) of the data, no segment index.
 pub fn reference_compressed(data: &[u8], stream: &[u8], kind: &str) -> Vec<u8> {
     let grid = expected_grid(stream.len() as u64);
-    let mut rgba = vec![0u8; (4 * grid * grid) as usize];
-    for (d, px) in stream.chunks(4).enumerate() {
-        let (x, y) = d2xy(grid, d as u64);
-        let p = 4 * (y * grid + x) as usize;
-        rgba[p..p + px.len()].copy_from_slice(px);
-    }
+    let rgba = hilbert_scatter(stream, grid);
     let mut meta = reference_metadata(grid, data);
     let m = meta.as_object_mut().unwrap();
     m.insert(
