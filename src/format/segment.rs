@@ -67,7 +67,7 @@ pub fn deflate_or_store(
     out: &mut Vec<u8>,
 ) -> usize {
     let start = out.len();
-    let stored_len = raw.len() + STORED_OVERHEAD * raw.len().div_ceil(0xffff).max(1);
+    let stored_len = stored_len(raw.len() as u64) as usize;
     // Room for deflate's worst case, so every call ends with its flush complete: zlib-rs can
     // panic when a compressor whose output ran short is reset and reused.
     out.resize(start + raw.len() + raw.len() / 8 + 64, 0);
@@ -89,6 +89,12 @@ pub fn deflate_or_store(
     out.truncate(start);
     store_raw(raw, out);
     out.len() - start
+}
+
+/// Bytes [`store_raw`] appends for `raw_len` bytes: blocks of at most 65535 bytes, each with
+/// its 5-byte header (one empty block for no bytes).
+pub fn stored_len(raw_len: u64) -> u64 {
+    raw_len + STORED_OVERHEAD as u64 * raw_len.div_ceil(0xffff).max(1)
 }
 
 /// Appends `raw` as non-final stored blocks of at most 65535 bytes (one empty block for no

@@ -20,7 +20,7 @@
 //! Same letters rule as `rtIX`: ancillary, private, unsafe to copy (an editor that rewrites the
 //! pixels drops it).
 
-use crate::format::segment::{FINAL_EMPTY_BLOCK, STORED_OVERHEAD, ZLIB_HEADER};
+use crate::format::segment::{stored_len, FINAL_EMPTY_BLOCK, ZLIB_HEADER};
 
 pub const CHUNK_TYPE: [u8; 4] = *b"rtZX";
 pub const MAGIC: [u8; 8] = *b"PXRTSZIX";
@@ -31,10 +31,10 @@ pub const MAX_SEGMENT_SIZE: u32 = 16 << 20;
 /// Bytes after the last segment: the final empty block and the Adler-32.
 pub const TRAILER_LEN: u64 = FINAL_EMPTY_BLOCK.len() as u64 + 4;
 
-/// The most bytes a segment of `raw` input bytes may take in the stream: stored blocks of at
-/// most 65535 bytes, each with its 5-byte header, plus a little slack for a trailing flush.
+/// The most bytes a segment of `raw` input bytes may take in the stream: its stored form
+/// (the encoder never writes more), plus a little slack for a trailing flush.
 pub fn max_coded_len(raw: u64) -> u64 {
-    raw + STORED_OVERHEAD as u64 * raw.div_ceil(0xffff).max(1) + 16
+    stored_len(raw) + 16
 }
 
 /// A parsed, checked segment index.
