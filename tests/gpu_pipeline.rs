@@ -140,12 +140,14 @@ impl TileMapper for Corrupting {
 fn pipelines_use_what_the_mapper_returns() {
     let data = sample(100_000, 11, false);
     let base = EncodeOptions {
-        tile_side_log2: 4,
+        layout: pixelrts::encode::Layout::Seekable,
+        tile_side_log2: Some(4),
         compress: CompressMode::None,
         ..Default::default()
     };
     let (fast, _) = encode_to_vec(&data, &base).unwrap();
     let bad = EncodeOptions {
+        layout: pixelrts::encode::Layout::Seekable,
         mapper: Some(Arc::new(Corrupting)),
         ..base
     };
@@ -224,8 +226,9 @@ fn forced_cpu_mapper_encodes_and_decodes_like_the_fast_path() {
             let wasm = mode == Mode::Code;
             let data = sample(n, n as u64 + 3, wasm);
             let base = EncodeOptions {
+                layout: pixelrts::encode::Layout::Seekable,
                 mode,
-                tile_side_log2: tile_log2,
+                tile_side_log2: Some(tile_log2),
                 grid_size: grid,
                 gpu: GpuMode::Off,
                 compress: CompressMode::None,
@@ -234,6 +237,7 @@ fn forced_cpu_mapper_encodes_and_decodes_like_the_fast_path() {
             let (fast, _) = encode_to_vec(&data, &base).unwrap();
             let counting = Arc::new(Counting::default());
             let forced = EncodeOptions {
+                layout: pixelrts::encode::Layout::Seekable,
                 mapper: Some(counting.clone()),
                 ..base.clone()
             };
@@ -288,6 +292,7 @@ fn failing_mapper_fails_the_job_and_leaves_no_output() {
         &input,
         &png,
         &EncodeOptions {
+            layout: pixelrts::encode::Layout::Seekable,
             mapper: Some(Arc::new(Failing)),
             compress: CompressMode::None,
             ..Default::default()
@@ -305,6 +310,7 @@ fn failing_mapper_fails_the_job_and_leaves_no_output() {
         &input,
         &png,
         &EncodeOptions {
+            layout: pixelrts::encode::Layout::Seekable,
             compress: CompressMode::None,
             ..Default::default()
         },
@@ -349,6 +355,7 @@ fn gpu_on_without_gpu_fails() {
     fs::write(&input, &data).unwrap();
     let png = dir.path().join("in.png");
     let on = EncodeOptions {
+        layout: pixelrts::encode::Layout::Seekable,
         gpu: GpuMode::On,
         compress: CompressMode::None,
         ..Default::default()
@@ -362,6 +369,7 @@ fn gpu_on_without_gpu_fails() {
     assert!(!png.exists());
     for gpu in [GpuMode::Auto, GpuMode::Off] {
         let opts = EncodeOptions {
+            layout: pixelrts::encode::Layout::Seekable,
             gpu,
             overwrite: true,
             compress: CompressMode::None,
@@ -403,8 +411,9 @@ fn encoder_scatters_the_next_stripe_while_deflating_this_one() {
     let waited_in_vain = Arc::new(AtomicUsize::new(0));
     let (signals, missed) = (mapper.clone(), waited_in_vain.clone());
     let opts = EncodeOptions {
+        layout: pixelrts::encode::Layout::Seekable,
         grid_size: Some(grid),
-        tile_side_log2,
+        tile_side_log2: Some(tile_side_log2),
         mapper: Some(mapper.clone()),
         progress: Some(Arc::new(move |done, total| {
             if done > total / 4 {
@@ -429,8 +438,9 @@ fn encoder_scatters_the_next_stripe_while_deflating_this_one() {
         "one scatter per stripe"
     );
     let plain = EncodeOptions {
+        layout: pixelrts::encode::Layout::Seekable,
         grid_size: Some(grid),
-        tile_side_log2,
+        tile_side_log2: Some(tile_side_log2),
         gpu: GpuMode::Off,
         compress: CompressMode::None,
         ..Default::default()
@@ -452,6 +462,7 @@ fn mapped_decode_of_many_batches_matches_the_input() {
         &input,
         &png,
         &EncodeOptions {
+            layout: pixelrts::encode::Layout::Seekable,
             mapper: Some(counting.clone()),
             compress: CompressMode::None,
             ..Default::default()

@@ -83,6 +83,7 @@ fn fixtures() -> &'static Fixtures {
                 &name,
                 &data,
                 &EncodeOptions {
+                    layout: pixelrts::encode::Layout::Seekable,
                     compress: CompressMode::None,
                     ..Default::default()
                 },
@@ -93,7 +94,20 @@ fn fixtures() -> &'static Fixtures {
             let data = test_data(n, 101 + i as u64);
             let name = format!("ours_t16_{n}.rts.png");
             let opts = EncodeOptions {
-                tile_side_log2: 4,
+                layout: pixelrts::encode::Layout::Seekable,
+                tile_side_log2: Some(4),
+                compress: CompressMode::None,
+                ..Default::default()
+            };
+            let path = encode_into(dir.path(), &name, &data, &opts);
+            cases.push(Case { name, path, data });
+        }
+        // What `encode` writes by default for small images: plain, read through a checkpoint
+        // pass like the reference's files.
+        for (i, &n) in [1000usize, 300_000, 3 << 20].iter().enumerate() {
+            let data = test_data(n, 201 + i as u64);
+            let name = format!("plain_ours_{n}.rts.png");
+            let opts = EncodeOptions {
                 compress: CompressMode::None,
                 ..Default::default()
             };
@@ -104,6 +118,7 @@ fn fixtures() -> &'static Fixtures {
             let data = test_data(10_000, 7);
             let name = "ours_code_10000.rts.png".to_string();
             let opts = EncodeOptions {
+                layout: pixelrts::encode::Layout::Seekable,
                 mode: Mode::Code,
                 compress: CompressMode::None,
                 ..Default::default()

@@ -120,10 +120,11 @@ fn rewrite_seekable_file_changes_only_the_metadata_chunk() {
     user.insert("name".into(), "café 🦀".into());
     user.insert("version".into(), "1.2".into());
     let opts = EncodeOptions {
+        layout: pixelrts::encode::Layout::Seekable,
         metadata: user,
         sidecar: false,
         // Small tiles: many stripes, and IDAT chunks far behind the metadata.
-        tile_side_log2: 6,
+        tile_side_log2: Some(6),
         ..Default::default()
     };
     let (png, _) = encode_to_vec(&data, &opts).unwrap();
@@ -182,6 +183,7 @@ fn rewrite_refuses_without_changing_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let data = prng_bytes(5000, 3);
     let opts = EncodeOptions {
+        layout: pixelrts::encode::Layout::Seekable,
         sidecar: false,
         ..Default::default()
     };

@@ -206,6 +206,15 @@ struct EncodeArgs {
     /// Original bytes per independently inflatable segment of a compressed payload (K/M suffixes).
     #[arg(long, default_value = "512K", value_parser = parse_segment_size)]
     segment_size: u32,
+    /// auto (plain up to 1024x1024 pixels, i.e. payloads up to 4 MiB; seekable above),
+    /// seekable (restart points and an index: random access without a first pass), plain (one
+    /// zlib stream, as the reference writes).
+    #[arg(long, default_value = "auto")]
+    layout: encode::Layout,
+    /// Record the input's mode bits and mtime (file_mode, file_mtime), which the mount shows
+    /// for the decoded file; without it the mount shows 0444 and the image's own mtime.
+    #[arg(long)]
+    preserve: bool,
     /// Overwrite OUTPUT if it exists.
     #[arg(long)]
     force: bool,
@@ -401,6 +410,8 @@ fn cmd_encode(a: EncodeArgs) -> anyhow::Result<i32> {
         compress: a.compress,
         compress_level: a.compress_level,
         segment_size: a.segment_size,
+        layout: a.layout,
+        record_file_attributes: a.preserve,
         overwrite: a.force,
         progress: Some(bar.callback()),
         // `on` without a usable GPU fails in the pipeline before any output is written.
@@ -488,8 +499,8 @@ fn cmd_info(a: InfoArgs) -> anyhow::Result<i32> {
     );
     match &info.get("segments") {
         Some(s) => println!(
-            "seekable:   yes — {} tiles of {}x{} px, {} pieces of {} bytes, IDAT chunks of {} bytes",
-            s["tiles"], s["tile_side"], s["tile_side"], s["pieces"], s["piece_bytes"], s["idat_chunk_size"]
+            "seekable:   yes (index v{}) — {} tiles of {}x{} px, {} indexed pieces of {} bytes, IDAT chunks of {} bytes",
+            s["index_version"], s["tiles"], s["tile_side"], s["tile_side"], s["indexed_pieces"], s["piece_bytes"], s["idat_chunk_size"]
         ),
         None => println!("seekable:   no (plain PNG stream)"),
     }

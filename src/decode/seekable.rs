@@ -10,9 +10,21 @@ use std::os::unix::io::AsRawFd;
 
 use crate::error::{Error, IoContext, Result};
 use crate::format::hilbert::{gather_tile, TileTables};
-use crate::format::index::IndexHeader;
+use crate::format::index::{IndexHeader, RAW_FLAG, VERSION_DENSE};
 use crate::format::png::ChunkHeader;
-use crate::format::segment::{inflate_piece, STORED_OVERHEAD, ZLIB_HEADER};
+use crate::format::segment::{inflate_piece, inflate_piece_prefix, ZLIB_HEADER};
+
+/// Where one piece lies in the zlib stream.
+#[derive(Clone, Copy, Debug)]
+struct PieceSpan {
+    at: u64,
+    /// Index v1: the piece's exact length. v2: exact for a raw piece, else an upper bound
+    /// (the piece is inflated until its row is full).
+    len: u64,
+    /// The piece's bytes are the row itself (filter byte first in column 0), inside a stored
+    /// block (index v2).
+    raw: bool,
+}
 
 /// An open seekable image: the index tables that are small enough to keep (stripe starts and
 /// tile CRCs), and the file mapped for piece reads.
@@ -34,6 +46,8 @@ pub struct TileScratch {
     /// Bytes of one row-major tile.
     tile_len: usize,
     run_pixels: Vec<u8>,
+    /// One piece read on its own.
+    piece: Vec<u8>,
 }
 
 impl TileScratch {
@@ -43,6 +57,7 @@ impl TileScratch {
             with_filter: vec![0u8; 4 * image.tables.tile_side() as usize + 1],
             tile_len: 4 * image.tables.tile_pixels() as usize,
             run_pixels: Vec::new(),
+            piece: Vec::new(),
         }
     }
 }
@@ -172,15 +187,15 @@ impl SeekableImage {
     /// (`RWF_NOWAIT` says so without blocking), ask the kernel to read every piece at once
     /// (`POSIX_FADV_WILLNEED` starts the reads and returns) so the device serves them in
     /// parallel: 3 ms. When the file is cached this costs one non-blocking read.
-    fn prefetch_if_cold(&self, spans: &[(u64, u64)]) {
-        let Some(&(first_at, _)) = spans.first() else {
+    fn prefetch_if_cold(&self, spans: &[PieceSpan]) {
+        let Some(&PieceSpan { at: first_at, .. }) = spans.first() else {
             return;
         };
         if self.is_cached(first_at) {
             return;
         }
         let fd = self.file.as_raw_fd();
-        for &(at, len) in spans {
+        for &PieceSpan { at, len, .. } in spans {
             // The piece may cross an IDAT boundary: advise the 12 framing bytes too.
             let offset = self.stream_to_file_offset(at);
             let advised = len + 12;
@@ -216,32 +231,83 @@ impl SeekableImage {
         self.first_idat_offset + (at / c) * (c + 12) + 8 + at % c
     }
 
-    fn piece_table(&self, stripe: u64, column: u64) -> Result<Vec<u64>> {
+    /// The index entries of the tile at (`column`, `stripe`), Hilbert index `j`.
+    fn piece_entries(&self, stripe: u64, column: u64, j: u64) -> Result<Vec<u32>> {
         let side = self.header.tile_side() as usize;
         let mut raw = vec![0u8; 4 * side];
-        let at = self.index_data_offset + self.header.piece_offsets_of(stripe, column);
+        let at = self.index_data_offset + self.header.piece_entries_of(stripe, column, j);
         self.file.read_exact_at(&mut raw, at).at(&self.path)?;
         Ok(raw
             .chunks_exact(4)
-            .map(|b| u64::from(u32::from_be_bytes(b.try_into().unwrap())))
+            .map(|b| u32::from_be_bytes(b.try_into().unwrap()))
             .collect())
     }
 
-    /// Stream offset and length of each piece of the tile at (`column`, `stripe`).
-    fn piece_spans(&self, stripe: u64, column: u64) -> Result<Vec<(u64, u64)>> {
-        let side = self.header.tile_side() as usize;
-        let m = self.header.tiles_per_side();
+    /// Stream offsets where stripe `stripe`'s pieces start and end.
+    fn stripe_bounds(&self, stripe: u64) -> (u64, u64) {
         let start = self.stripe_starts[stripe as usize];
-        let end = if stripe + 1 < m {
+        let end = if stripe + 1 < self.header.tiles_per_side() {
             self.stripe_starts[stripe as usize + 1]
         } else {
             self.header.pieces_end
         };
-        let own = self.piece_table(stripe, column)?;
+        (start, end)
+    }
+
+    fn entry_out_of_range(&self, column: u64, stripe: u64) -> Error {
+        Error::corrupt(
+            &self.path,
+            format!("index entry for tile ({column}, {stripe}) is out of range"),
+        )
+    }
+
+    /// Where each piece of the tile at (`column`, `stripe`), Hilbert index `j`, lies.
+    fn piece_spans(&self, stripe: u64, column: u64, j: u64) -> Result<Vec<PieceSpan>> {
+        if j >= self.header.data_tiles() {
+            // Padding: no reader needs it, and index v2 has no entries for it.
+            return Err(Error::corrupt(
+                &self.path,
+                format!("tile {j} holds no payload bytes"),
+            ));
+        }
+        if self.header.version == VERSION_DENSE {
+            return self.piece_spans_dense(stripe, column);
+        }
+        let (start, end) = self.stripe_bounds(stripe);
+        let row_len = 4 * self.header.tile_side() + u64::from(column == 0);
+        let bound = self.header.max_piece_len();
+        self.piece_entries(stripe, column, j)?
+            .into_iter()
+            .map(|entry| {
+                let raw = entry & RAW_FLAG != 0;
+                let at = start + u64::from(entry & !RAW_FLAG);
+                if at >= end || (raw && at + row_len > end) {
+                    return Err(self.entry_out_of_range(column, stripe));
+                }
+                let len = if raw { row_len } else { bound.min(end - at) };
+                Ok(PieceSpan { at, len, raw })
+            })
+            .collect()
+    }
+
+    /// Index v1: a piece's length is the distance to the next piece in stream order.
+    fn piece_spans_dense(&self, stripe: u64, column: u64) -> Result<Vec<PieceSpan>> {
+        let side = self.header.tile_side() as usize;
+        let m = self.header.tiles_per_side();
+        let (start, end) = self.stripe_bounds(stripe);
+        let entries = |column: u64| -> Result<Vec<u64>> {
+            let js = 0; // v1 lists entries by place, not by Hilbert index.
+            Ok(self
+                .piece_entries(stripe, column, js)?
+                .into_iter()
+                .map(u64::from)
+                .collect())
+        };
+        let own = entries(column)?;
         let next: Vec<u64> = if column + 1 < m {
-            self.piece_table(stripe, column + 1)?
+            entries(column + 1)?
         } else {
-            let firsts = self.piece_table(stripe, 0)?;
+            let firsts = entries(0)?;
             (0..side)
                 .map(|r| {
                     if r + 1 < side {
@@ -252,17 +318,18 @@ impl SeekableImage {
                 })
                 .collect()
         };
-        let max_len = 4 * self.header.tile_side() + 1 + STORED_OVERHEAD as u64;
+        let max_len = self.header.max_piece_len();
         own.iter()
             .zip(&next)
             .map(|(&a, &b)| {
                 if b <= a || b - a > max_len || start + b > end {
-                    Err(Error::corrupt(
-                        &self.path,
-                        format!("index entry for tile ({column}, {stripe}) is out of range"),
-                    ))
+                    Err(self.entry_out_of_range(column, stripe))
                 } else {
-                    Ok((start + a, b - a))
+                    Ok(PieceSpan {
+                        at: start + a,
+                        len: b - a,
+                        raw: false,
+                    })
                 }
             })
             .collect()
@@ -277,29 +344,42 @@ impl SeekableImage {
         column: u64,
         r: usize,
         piece: &[u8],
+        span: PieceSpan,
         scratch: &mut TileScratch,
         row: &mut [u8],
     ) -> Result<()> {
+        let dense = self.header.version == VERSION_DENSE;
+        let mut inflate = |piece: &[u8], out: &mut [u8]| {
+            if span.raw {
+                out.copy_from_slice(piece);
+                Ok(())
+            } else if dense {
+                inflate_piece(piece, out, &mut scratch.inflater)
+            } else {
+                inflate_piece_prefix(piece, out, &mut scratch.inflater)
+            }
+        };
         let result = if column == 0 {
             // The scanline's filter byte comes first; this layout always writes 0 (None).
-            let with_filter = &mut scratch.with_filter;
-            let res = inflate_piece(piece, with_filter, &mut scratch.inflater);
+            let mut with_filter = std::mem::take(&mut scratch.with_filter);
+            let res = inflate(piece, &mut with_filter);
+            let filter = with_filter[0];
             if res.is_ok() {
-                if with_filter[0] != 0 {
-                    return Err(Error::corrupt(
-                        &self.path,
-                        format!(
-                            "scanline {} uses filter {}, not None",
-                            stripe * self.tables.tile_side() + r as u64,
-                            with_filter[0]
-                        ),
-                    ));
-                }
                 row.copy_from_slice(&with_filter[1..]);
+            }
+            scratch.with_filter = with_filter;
+            if res.is_ok() && filter != 0 {
+                return Err(Error::corrupt(
+                    &self.path,
+                    format!(
+                        "scanline {} uses filter {filter}, not None",
+                        stripe * self.tables.tile_side() + r as u64,
+                    ),
+                ));
             }
             res
         } else {
-            inflate_piece(piece, row, &mut scratch.inflater)
+            inflate(piece, row)
         };
         result.map_err(|e| Error::corrupt(&self.path, format!("tile {j}, row {r}: {e}")))
     }
@@ -310,12 +390,13 @@ impl SeekableImage {
         &self,
         stripe: u64,
         first_column: u64,
-        count: usize,
-    ) -> Result<Vec<Vec<(u64, u64)>>> {
-        let spans: Vec<Vec<(u64, u64)>> = (0..count as u64)
-            .map(|k| self.piece_spans(stripe, first_column + k))
+        tiles: &[u64],
+    ) -> Result<Vec<Vec<PieceSpan>>> {
+        let spans: Vec<Vec<PieceSpan>> = (first_column..)
+            .zip(tiles)
+            .map(|(column, &j)| self.piece_spans(stripe, column, j))
             .collect::<Result<_>>()?;
-        let all: Vec<(u64, u64)> = spans.iter().flatten().copied().collect();
+        let all: Vec<PieceSpan> = spans.iter().flatten().copied().collect();
         self.prefetch_if_cold(&all);
         Ok(spans)
     }
@@ -333,7 +414,7 @@ impl SeekableImage {
         scratch: &mut TileScratch,
         run_buf: &mut Vec<u8>,
     ) -> Result<()> {
-        let spans = self.run_spans(stripe, first_column, tiles.len())?;
+        let spans = self.run_spans(stripe, first_column, tiles)?;
         let tile_len = scratch.tile_len;
         let mut pixels = std::mem::take(&mut scratch.run_pixels);
         pixels.resize(tile_len * tiles.len(), 0);
@@ -363,7 +444,7 @@ impl SeekableImage {
         scratch: &mut TileScratch,
         run_buf: &mut Vec<u8>,
     ) -> Result<()> {
-        let spans = self.run_spans(stripe, first_column, tiles.len())?;
+        let spans = self.run_spans(stripe, first_column, tiles)?;
         self.inflate_run(
             stripe,
             first_column,
@@ -389,7 +470,7 @@ impl SeekableImage {
         outputs: &mut [&mut [u8]],
         scratch: &mut TileScratch,
         run_buf: &mut Vec<u8>,
-        spans: &[Vec<(u64, u64)>],
+        spans: &[Vec<PieceSpan>],
         pixels: &mut [u8],
     ) -> Result<()> {
         self.inflate_run(stripe, first_column, tiles, scratch, run_buf, spans, pixels)?;
@@ -412,32 +493,40 @@ impl SeekableImage {
         tiles: &[u64],
         scratch: &mut TileScratch,
         run_buf: &mut Vec<u8>,
-        spans: &[Vec<(u64, u64)>],
+        spans: &[Vec<PieceSpan>],
         pixels: &mut [u8],
     ) -> Result<()> {
         let row_bytes = 4 * self.tables.tile_side() as usize;
         let tile_len = scratch.tile_len;
+        let mut lone = std::mem::take(&mut scratch.piece);
         for r in 0..self.tables.tile_side() as usize {
-            let start = spans[0][r].0;
-            let (last_at, last_len) = spans[tiles.len() - 1][r];
-            let end = last_at + last_len;
-            if end <= start || end - start > (tiles.len() * (row_bytes + 16)) as u64 {
-                return Err(Error::corrupt(
-                    &self.path,
-                    format!("index entries for stripe {stripe} are out of order"),
-                ));
+            // Index v2 bounds a deflated piece's length from above, so spans may overlap
+            // their neighbours, and a zero piece points at the start of its zero run, which
+            // may lie rows earlier: pieces close together come in one read, others alone.
+            let start = spans
+                .iter()
+                .map(|t| t[r].at)
+                .min()
+                .expect("a run has tiles");
+            let end = spans
+                .iter()
+                .map(|t| t[r].at + t[r].len)
+                .max()
+                .expect("a run has tiles");
+            let together = end - start <= (tiles.len() * (row_bytes + 16)) as u64;
+            if together {
+                run_buf.resize((end - start) as usize, 0);
+                self.read_stream(start, run_buf)?;
             }
-            run_buf.resize((end - start) as usize, 0);
-            self.read_stream(start, run_buf)?;
             for (k, tile_spans) in spans.iter().enumerate() {
-                let (at, len) = tile_spans[r];
-                if at < start || at + len > end {
-                    return Err(Error::corrupt(
-                        &self.path,
-                        format!("index entries for stripe {stripe} overlap"),
-                    ));
-                }
-                let piece = &run_buf[(at - start) as usize..(at - start + len) as usize];
+                let span = tile_spans[r];
+                let piece = if together {
+                    &run_buf[(span.at - start) as usize..(span.at - start + span.len) as usize]
+                } else {
+                    lone.resize(span.len as usize, 0);
+                    self.read_stream(span.at, &mut lone)?;
+                    &lone[..]
+                };
                 let row =
                     &mut pixels[k * tile_len + r * row_bytes..k * tile_len + (r + 1) * row_bytes];
                 self.inflate_row(
@@ -446,11 +535,13 @@ impl SeekableImage {
                     first_column + k as u64,
                     r,
                     piece,
+                    span,
                     scratch,
                     row,
                 )?;
             }
         }
+        scratch.piece = lone;
         Ok(())
     }
 

@@ -16,6 +16,8 @@
 //! transfers and kernels for stripe `i + 1` overlap the deflate of stripe `i`.
 
 pub mod compressed;
+mod idat;
+pub mod plain;
 mod writer;
 
 use std::io::{Seek, SeekFrom, Write};
@@ -40,6 +42,7 @@ use crate::gpu::stages::{timed, Stage, StageClock};
 use crate::gpu::{GpuMode, GpuTimings, TileMapper};
 use crate::io_util::{with_threads, AtomicOutput, MappedInput};
 use compressed::{CompressMode, CompressedPayload};
+pub use plain::Layout;
 use writer::{GroupOutput, StreamWriter};
 
 /// Called with (bytes done, bytes total) as work completes.
@@ -71,8 +74,10 @@ pub struct EncodeOptions {
     pub fsync: bool,
     /// Record the input's mode bits and mtime as `file_mode` / `file_mtime` (path API only).
     pub record_file_attributes: bool,
-    /// log2 of the tile side (restart-point geometry).
-    pub tile_side_log2: u8,
+    /// log2 of the tile side (restart-point geometry); None: [`index::DEFAULT_TILE_SIDE_LOG2`].
+    pub tile_side_log2: Option<u8>,
+    /// Seekable or plain pixels (`auto`: plain for small images, [`plain::PLAIN_MAX_GRID`]).
+    pub layout: Layout,
     pub progress: Option<Progress>,
     /// `--gpu auto|on|off`: whether the tile scatter and code colouring run on a GPU
     /// (policy of [`crate::gpu::select_mapper`]); `on` fails when none is usable.
@@ -102,8 +107,9 @@ impl Default for EncodeOptions {
             level: DEFAULT_LEVEL,
             overwrite: false,
             fsync: false,
-            record_file_attributes: true,
-            tile_side_log2: index::DEFAULT_TILE_SIDE_LOG2,
+            record_file_attributes: false,
+            tile_side_log2: None,
+            layout: Layout::Auto,
             progress: None,
             gpu: GpuMode::Auto,
             mapper: None,
@@ -121,6 +127,7 @@ impl std::fmt::Debug for EncodeOptions {
             .field("mode", &self.mode)
             .field("grid_size", &self.grid_size)
             .field("level", &self.level)
+            .field("layout", &self.layout)
             .field("compress", &self.compress)
             .field("threads", &self.threads)
             .field("gpu", &self.gpu)
@@ -285,6 +292,9 @@ enum TileKind {
     Stored,
     /// Pieces are deflated (and stored where that does not help).
     Deflated,
+    /// The partly filled tile at the end of the data: each piece is tried whole and with its
+    /// zero runs (padding) coded apart from the payload around them.
+    Partial,
 }
 
 fn encode_core<W: Write + Seek + Send>(
@@ -320,7 +330,8 @@ fn encode_core<W: Write + Seek + Send>(
     // Chosen once per job; None is the CPU fast path (gather fused into the row compression).
     let mapper = crate::gpu::pipeline_mapper(opts.gpu, opts.mapper.as_ref(), n)
         .map_err(|e| Error::Gpu(e.to_string()))?;
-    let tile_log2 = index::tile_side_log2_for(grid, opts.tile_side_log2.min(12));
+    let preferred_log2 = opts.tile_side_log2.unwrap_or(index::DEFAULT_TILE_SIDE_LOG2);
+    let tile_log2 = index::tile_side_log2_for(grid, preferred_log2.min(12));
     let tables = TileTables::new(grid, 1 << tile_log2);
     let tile_side = tables.tile_side();
     let tiles_per_side = tables.tiles_per_side();
@@ -409,214 +420,245 @@ fn encode_core<W: Write + Seek + Send>(
             .map_err(io)?;
     }
 
-    // rtIX: placeholder of the right size, filled in as stripes complete.
-    let mut header = IndexHeader {
-        tile_side_log2: tile_log2,
-        grid,
-        payload_size: n,
-        idat_chunk_size: IDAT_CHUNK_SIZE,
-        stream_length: 0,
-        pieces_end: 0,
-    };
-    let index_len = header.chunk_len();
-    if index_len > u64::from(crate::format::png::MAX_CHUNK_LEN) {
-        return Err(Error::InvalidArgument(format!(
-            "grid {grid} needs an index larger than a PNG chunk"
-        )));
-    }
-    out.write_all(&(index_len as u32).to_be_bytes())
+    let indexed = !opts.layout.is_plain(grid);
+    let (digest, end) = if !indexed && grid <= plain::ZLIB_MAX_GRID {
+        timed(clock, Stage::Codec, || {
+            plain::write_plain_pixels(
+                &mut *out,
+                data,
+                grid,
+                draw_code,
+                plain::plain_level(opts.level),
+                IDAT_CHUNK_SIZE as usize,
+            )
+        })
         .map_err(io)?;
-    out.write_all(&index::CHUNK_TYPE).map_err(io)?;
-    let index_data_pos = out.stream_position().map_err(io)?;
-    write_zeros(out, index_len + 4).map_err(io)?;
-
-    // --- Pixels. ---
-    let zero_pieces = ZeroPieces::new(opts.level, tile_side);
-    let rows_per_group = (((1u64 << 20) / grid).max(1)).min(tile_side);
-    let groups_per_stripe = tile_side / rows_per_group;
-    let total_rows = grid;
-    let level = opts.level;
-    let progress = opts.progress.clone();
-
-    let mut stream = StreamWriter::new(
-        &mut *out,
-        IDAT_CHUNK_SIZE,
-        tiles_per_side,
-        tile_side,
-        index_data_pos,
-        &header,
-    );
-    let (digest, stream_result) = std::thread::scope(|scope| -> Result<_> {
-        // SHA-256 of the input: one sequential stream, on its own thread.
-        let hasher = scope.spawn(|| -> [u8; 32] {
-            if let Some(c) = compressed {
-                // The hash is of the original input, taken while it was compressed.
-                return c.digest;
-            }
-            timed(clock, Stage::Hash, || {
-                let mut sha = Sha256::new();
-                let block = 4 << 20;
-                let mut at = 0;
-                while at < data.len() {
-                    let end = (at + block).min(data.len());
-                    sha.update(&data[at..end]);
-                    release(at..end);
-                    at = end;
-                }
-                sha.finalize().into()
-            })
-        });
-
-        let (send, receive) = sync_channel::<Vec<GroupOutput>>(2);
-        let writer = scope.spawn(move || -> Result<_> {
-            stream
-                .write_raw(&ZLIB_HEADER)
-                .map_err(|e| Error::io(out_path, e))?;
-            for group in receive {
-                timed(clock, Stage::Write, || stream.write_group(group))
-                    .map_err(|e| Error::io(out_path, e))?;
-            }
-            timed(clock, Stage::Write, || stream.finish()).map_err(|e| Error::io(out_path, e))
-        });
-
-        // A stripe's tile jobs, and with a mapper its scattered row-major tiles. With a mapper
-        // this runs on a helper thread one stripe ahead, so the mapper (a GPU's transfers and
-        // kernels) works on stripe i + 1 while the pool deflates stripe i.
-        let spare_tiles = std::sync::Mutex::new(Vec::<Vec<u8>>::new());
-        let prepare_stripe = |stripe: usize| -> Result<(Vec<TileJob<'_>>, Vec<u8>)> {
-            let stripe = stripe as u64;
-            let jobs: Vec<TileJob> = (0..tiles_per_side)
-                .into_par_iter()
-                .map(|column| {
-                    let place = tables.place_at(column, stripe);
-                    let start = place.hilbert_index * tile_bytes;
-                    let payload = if start >= n {
-                        &data[0..0]
-                    } else {
-                        &data[start as usize..(start + tile_bytes).min(n) as usize]
-                    };
-                    let kind = classify(payload, tile_bytes as usize, level);
-                    TileJob {
-                        place,
-                        payload,
-                        kind,
-                    }
-                })
-                .collect();
-            let spare = spare_tiles.lock().unwrap_or_else(|p| p.into_inner()).pop();
-            let mut stripe_tiles = spare.unwrap_or_default();
-            if let Some(m) = &mapper {
-                let spent = scatter_stripe(&**m, &tables, &jobs, draw_code, &mut stripe_tiles)
-                    .map_err(|e| {
-                        Error::Gpu(format!(
-                            "{}: GPU tile scatter failed: {e}",
-                            out_path.display()
-                        ))
-                    })?;
-                if let Some(clock) = clock {
-                    clock.add_mapper(&spent);
-                }
-            }
-            Ok((jobs, stripe_tiles))
+        out.write_all(&chunk_bytes(b"IEND", &[])).map_err(io)?;
+        let digest: [u8; 32] = match compressed {
+            // The hash is of the original input, taken while it was compressed.
+            Some(c) => c.digest,
+            None => timed(clock, Stage::Hash, || Sha256::digest(data).into()),
         };
-        let compress_stripe = |stripe: usize,
-                               (jobs, stripe_tiles): (Vec<TileJob<'_>>, Vec<u8>)|
-         -> Result<ControlFlow<()>> {
-            let stripe = stripe as u64;
-            let tile_of = |k: usize| {
-                mapper
-                    .as_ref()
-                    .map(|_| &stripe_tiles[k * tile_bytes as usize..][..tile_bytes as usize])
-            };
-            let mut flow = ControlFlow::Continue(());
-            for group in 0..groups_per_stripe {
-                let first_row = group * rows_per_group;
-                let outputs: Vec<GroupOutput> = timed(clock, Stage::Codec, || {
-                    jobs.par_iter()
-                        .enumerate()
-                        .map_init(
-                            || {
-                                (
-                                    PieceCompressor::new(level),
-                                    Vec::with_capacity(4 * tile_side as usize + 1),
-                                )
-                            },
-                            |(compressor, raw), (k, job)| {
-                                encode_group(
-                                    &tables,
-                                    job,
-                                    tile_of(k),
-                                    first_row,
-                                    rows_per_group,
-                                    draw_code,
-                                    compressor,
-                                    raw,
-                                    &zero_pieces,
-                                )
-                            },
-                        )
-                        .collect()
-                });
-                if send.send(outputs).is_err() {
-                    // The writer stopped; its error is reported below.
-                    flow = ControlFlow::Break(());
-                    break;
-                }
-                if let Some(p) = &progress {
-                    let rows_done = stripe * tile_side + first_row + rows_per_group;
-                    p(n * rows_done / total_rows, n);
-                }
-            }
-            for job in &jobs {
-                if !job.payload.is_empty() {
-                    let start = job.payload.as_ptr() as usize - data.as_ptr() as usize;
-                    release(start..start + job.payload.len());
-                }
-            }
-            if mapper.is_some() {
-                spare_tiles
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(stripe_tiles);
-            }
-            Ok(flow)
+        (digest, out.stream_position().map_err(io)?)
+    } else {
+        // rtIX: placeholder of the right size, filled in as stripes complete.
+        let mut header = IndexHeader {
+            version: index::VERSION,
+            tile_side_log2: tile_log2,
+            grid,
+            payload_size: n,
+            idat_chunk_size: IDAT_CHUNK_SIZE,
+            stream_length: 0,
+            pieces_end: 0,
         };
-        let stripes_result = produce_consume(
-            tiles_per_side as usize,
-            mapper.is_some(),
-            prepare_stripe,
-            compress_stripe,
+        let index_len = header.chunk_len();
+        if index_len > u64::from(crate::format::png::MAX_CHUNK_LEN) {
+            return Err(Error::InvalidArgument(format!(
+                "grid {grid} needs an index larger than a PNG chunk"
+            )));
+        }
+        let index_data_pos = if indexed {
+            out.write_all(&(index_len as u32).to_be_bytes())
+                .map_err(io)?;
+            out.write_all(&index::CHUNK_TYPE).map_err(io)?;
+            let at = out.stream_position().map_err(io)?;
+            write_zeros(out, index_len + 4).map_err(io)?;
+            Some(at)
+        } else {
+            None
+        };
+
+        // --- Pixels. ---
+        let zero_pieces = ZeroPieces::new(tile_side);
+        let rows_per_group = (((1u64 << 20) / grid).max(1)).min(tile_side);
+        let groups_per_stripe = tile_side / rows_per_group;
+        let total_rows = grid;
+        let level = opts.level;
+        let progress = opts.progress.clone();
+
+        let mut stream = StreamWriter::new(
+            &mut *out,
+            IDAT_CHUNK_SIZE,
+            tiles_per_side,
+            tile_side,
+            index_data_pos,
+            &header,
         );
-        drop(send);
-        let stream_result = writer.join().expect("writer thread panicked");
-        let digest = hasher.join().expect("hash thread panicked");
-        stripes_result?;
-        Ok((digest, stream_result))
-    })?;
-    let summary = stream_result?;
+        let (digest, stream_result) = std::thread::scope(|scope| -> Result<_> {
+            // SHA-256 of the input: one sequential stream, on its own thread.
+            let hasher = scope.spawn(|| -> [u8; 32] {
+                if let Some(c) = compressed {
+                    // The hash is of the original input, taken while it was compressed.
+                    return c.digest;
+                }
+                timed(clock, Stage::Hash, || {
+                    let mut sha = Sha256::new();
+                    let block = 4 << 20;
+                    let mut at = 0;
+                    while at < data.len() {
+                        let end = (at + block).min(data.len());
+                        sha.update(&data[at..end]);
+                        release(at..end);
+                        at = end;
+                    }
+                    sha.finalize().into()
+                })
+            });
 
-    // --- Patch the index and the hash. ---
-    header.stream_length = summary.stream_length;
-    header.pieces_end = summary.pieces_end;
-    let mut index_head = Vec::with_capacity(header.piece_table_offset() as usize);
-    index_head.extend_from_slice(&header.to_bytes());
-    for offset in &summary.stripe_starts {
-        index_head.extend_from_slice(&offset.to_be_bytes());
-    }
-    for crc in &summary.tile_crcs {
-        index_head.extend_from_slice(&crc.to_be_bytes());
-    }
-    let mut index_crc = crc32fast::Hasher::new();
-    index_crc.update(&index::CHUNK_TYPE);
-    index_crc.update(&index_head);
-    index_crc.combine(&summary.piece_table_crc);
-    let end = out.stream_position().map_err(io)?;
-    out.seek(SeekFrom::Start(index_data_pos)).map_err(io)?;
-    out.write_all(&index_head).map_err(io)?;
-    out.seek(SeekFrom::Start(index_data_pos + index_len))
-        .map_err(io)?;
-    out.write_all(&index_crc.finalize().to_be_bytes())
-        .map_err(io)?;
+            let (send, receive) = sync_channel::<Vec<GroupOutput>>(2);
+            let writer = scope.spawn(move || -> Result<_> {
+                stream
+                    .write_raw(&ZLIB_HEADER)
+                    .map_err(|e| Error::io(out_path, e))?;
+                for group in receive {
+                    timed(clock, Stage::Write, || stream.write_group(group))
+                        .map_err(|e| Error::io(out_path, e))?;
+                }
+                timed(clock, Stage::Write, || stream.finish()).map_err(|e| Error::io(out_path, e))
+            });
+
+            // A stripe's tile jobs, and with a mapper its scattered row-major tiles. With a mapper
+            // this runs on a helper thread one stripe ahead, so the mapper (a GPU's transfers and
+            // kernels) works on stripe i + 1 while the pool deflates stripe i.
+            let spare_tiles = std::sync::Mutex::new(Vec::<Vec<u8>>::new());
+            let prepare_stripe = |stripe: usize| -> Result<(Vec<TileJob<'_>>, Vec<u8>)> {
+                let stripe = stripe as u64;
+                let jobs: Vec<TileJob> = (0..tiles_per_side)
+                    .into_par_iter()
+                    .map(|column| {
+                        let place = tables.place_at(column, stripe);
+                        let start = place.hilbert_index * tile_bytes;
+                        let payload = if start >= n {
+                            &data[0..0]
+                        } else {
+                            &data[start as usize..(start + tile_bytes).min(n) as usize]
+                        };
+                        let kind = classify(payload, tile_bytes as usize, level);
+                        TileJob {
+                            place,
+                            payload,
+                            kind,
+                        }
+                    })
+                    .collect();
+                let spare = spare_tiles.lock().unwrap_or_else(|p| p.into_inner()).pop();
+                let mut stripe_tiles = spare.unwrap_or_default();
+                if let Some(m) = &mapper {
+                    let spent = scatter_stripe(&**m, &tables, &jobs, draw_code, &mut stripe_tiles)
+                        .map_err(|e| {
+                            Error::Gpu(format!(
+                                "{}: GPU tile scatter failed: {e}",
+                                out_path.display()
+                            ))
+                        })?;
+                    if let Some(clock) = clock {
+                        clock.add_mapper(&spent);
+                    }
+                }
+                Ok((jobs, stripe_tiles))
+            };
+            let compress_stripe = |stripe: usize,
+                                   (jobs, stripe_tiles): (Vec<TileJob<'_>>, Vec<u8>)|
+             -> Result<ControlFlow<()>> {
+                let stripe = stripe as u64;
+                let tile_of = |k: usize| {
+                    mapper
+                        .as_ref()
+                        .map(|_| &stripe_tiles[k * tile_bytes as usize..][..tile_bytes as usize])
+                };
+                let mut flow = ControlFlow::Continue(());
+                for group in 0..groups_per_stripe {
+                    let first_row = group * rows_per_group;
+                    let outputs: Vec<GroupOutput> = timed(clock, Stage::Codec, || {
+                        jobs.par_iter()
+                            .enumerate()
+                            .map_init(
+                                || {
+                                    (
+                                        PieceCompressor::new(level),
+                                        Vec::with_capacity(4 * tile_side as usize + 1),
+                                    )
+                                },
+                                |(compressor, raw), (k, job)| {
+                                    encode_group(
+                                        &tables,
+                                        job,
+                                        tile_of(k),
+                                        first_row,
+                                        rows_per_group,
+                                        draw_code,
+                                        compressor,
+                                        raw,
+                                        &zero_pieces,
+                                    )
+                                },
+                            )
+                            .collect()
+                    });
+                    if send.send(outputs).is_err() {
+                        // The writer stopped; its error is reported below.
+                        flow = ControlFlow::Break(());
+                        break;
+                    }
+                    if let Some(p) = &progress {
+                        let rows_done = stripe * tile_side + first_row + rows_per_group;
+                        p(n * rows_done / total_rows, n);
+                    }
+                }
+                for job in &jobs {
+                    if !job.payload.is_empty() {
+                        let start = job.payload.as_ptr() as usize - data.as_ptr() as usize;
+                        release(start..start + job.payload.len());
+                    }
+                }
+                if mapper.is_some() {
+                    spare_tiles
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(stripe_tiles);
+                }
+                Ok(flow)
+            };
+            let stripes_result = produce_consume(
+                tiles_per_side as usize,
+                mapper.is_some(),
+                prepare_stripe,
+                compress_stripe,
+            );
+            drop(send);
+            let stream_result = writer.join().expect("writer thread panicked");
+            let digest = hasher.join().expect("hash thread panicked");
+            stripes_result?;
+            Ok((digest, stream_result))
+        })?;
+        let summary = stream_result?;
+
+        let end = out.stream_position().map_err(io)?;
+        if let Some(index_data_pos) = index_data_pos {
+            // --- Patch the index. ---
+            header.stream_length = summary.stream_length;
+            header.pieces_end = summary.pieces_end;
+            let mut index_head = Vec::with_capacity(header.piece_table_offset() as usize);
+            index_head.extend_from_slice(&header.to_bytes());
+            for offset in &summary.stripe_starts {
+                index_head.extend_from_slice(&offset.to_be_bytes());
+            }
+            for crc in &summary.tile_crcs {
+                index_head.extend_from_slice(&crc.to_be_bytes());
+            }
+            let mut index_crc = crc32fast::Hasher::new();
+            index_crc.update(&index::CHUNK_TYPE);
+            index_crc.update(&index_head);
+            index_crc.combine(&summary.piece_table_crc);
+            out.seek(SeekFrom::Start(index_data_pos)).map_err(io)?;
+            out.write_all(&index_head).map_err(io)?;
+            out.seek(SeekFrom::Start(index_data_pos + index_len))
+                .map_err(io)?;
+            out.write_all(&index_crc.finalize().to_be_bytes())
+                .map_err(io)?;
+        }
+        (digest, end)
+    };
 
     let hash_hex = hex(&digest);
     crc_head.update(hash_hex.as_bytes());
@@ -648,10 +690,11 @@ fn classify(payload: &[u8], tile_bytes: usize, level: u32) -> TileKind {
         return TileKind::Stored;
     }
     // The partly filled tile at the end of the data: a sample cannot speak for its zero
-    // padding, so every piece is tried (each still falls back to stored when deflate does not
-    // shrink it) and the padding costs a few bytes a piece instead of being stored raw.
+    // padding, which the Hilbert curve interleaves with the payload inside each scanline, so
+    // every piece is tried (each still falls back to stored when nothing else helps) and the
+    // padding costs a few bytes a run instead of being stored raw.
     if payload.len() < tile_bytes {
-        return TileKind::Deflated;
+        return TileKind::Partial;
     }
     // Two 1 KiB samples, from the start and the middle: compressing them costs well under 1%
     // of the tile, and random data then skips deflate entirely.
@@ -668,26 +711,18 @@ fn classify(payload: &[u8], tile_bytes: usize, level: u32) -> TileKind {
     }
 }
 
-/// Precompressed all-zero pieces (padding and sparse data), with and without the filter byte.
+/// Adler-32 of an all-zero piece with and without the filter byte (zero pieces have no bytes
+/// of their own: the writer codes them as zero runs, but the stream's Adler-32 counts them).
 struct ZeroPieces {
-    first: Vec<u8>,
-    other: Vec<u8>,
     first_adler: u32,
     other_adler: u32,
 }
 
 impl ZeroPieces {
-    fn new(level: u32, tile_side: u64) -> Self {
+    fn new(tile_side: u64) -> Self {
         let other_raw = vec![0u8; 4 * tile_side as usize];
-        let first_raw = vec![0u8; 4 * tile_side as usize + 1];
-        let mut c = PieceCompressor::new(level);
-        let (mut first, mut other) = (Vec::new(), Vec::new());
-        c.compress(&first_raw, &mut first);
-        c.compress(&other_raw, &mut other);
         ZeroPieces {
-            first,
-            other,
-            first_adler: adler32(&first_raw),
+            first_adler: adler32(&[&[0u8][..], &other_raw].concat()),
             other_adler: adler32(&other_raw),
         }
     }
@@ -712,27 +747,29 @@ fn encode_group(
         stripe: job.place.row,
         hilbert_index: job.place.hilbert_index,
         bytes: Vec::with_capacity(if job.kind == TileKind::Empty {
-            zeros.first.len() * rows as usize
+            0
         } else {
             rows as usize * (4 * side + 8)
         }),
         piece_lens: Vec::with_capacity(rows as usize),
         adlers: Vec::with_capacity(rows as usize),
         raw_lens: Vec::with_capacity(rows as usize),
+        zero: Vec::with_capacity(rows as usize),
         crc: crc32fast::Hasher::new(),
         first_row,
     };
     let filter_byte = usize::from(column == 0);
     if job.kind == TileKind::Empty {
-        let (piece, adler) = if column == 0 {
-            (&zeros.first, zeros.first_adler)
+        let adler = if column == 0 {
+            zeros.first_adler
         } else {
-            (&zeros.other, zeros.other_adler)
+            zeros.other_adler
         };
         let zero_row = [0u8; 4 * 256];
         for _ in 0..rows {
-            out.bytes.extend_from_slice(piece);
-            out.piece_lens.push(piece.len() as u32);
+            // No bytes of its own: the writer codes it as part of a zero run.
+            out.piece_lens.push(0);
+            out.zero.push(true);
             out.adlers.push(adler);
             out.raw_lens.push((4 * side + filter_byte) as u32);
             // CRC of a zero row, fed in slices of a small zero buffer.
@@ -781,16 +818,16 @@ fn encode_group(
         out.crc.update(&piece_raw[filter_byte..]);
         out.adlers.push(adler32(piece_raw));
         out.raw_lens.push(row_len as u32);
-        let len = if stored {
+        let is_zero = piece_raw.iter().all(|&b| b == 0);
+        out.zero.push(is_zero);
+        let len = if is_zero {
+            // Coded by the writer as part of a zero run.
+            out.bytes.truncate(start);
+            0
+        } else if stored {
             out.bytes.len() - start
-        } else if raw.iter().all(|&b| b == 0) {
-            let piece = if column == 0 {
-                &zeros.first
-            } else {
-                &zeros.other
-            };
-            out.bytes.extend_from_slice(piece);
-            piece.len()
+        } else if job.kind == TileKind::Partial {
+            compressor.compress_sparse(raw, &mut out.bytes)
         } else {
             compressor.compress(raw, &mut out.bytes)
         };
@@ -986,7 +1023,7 @@ mod tests {
                 let data = sample(n, n as u64 + 7);
                 let opts = EncodeOptions {
                     level,
-                    tile_side_log2: tile_log2,
+                    tile_side_log2: Some(tile_log2),
                     // The pixels themselves are compared with the data.
                     compress: CompressMode::None,
                     ..Default::default()

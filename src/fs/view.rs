@@ -559,6 +559,7 @@ mod tests {
             &png,
             &EncodeOptions {
                 sidecar: false,
+                record_file_attributes: true,
                 ..Default::default()
             },
         )

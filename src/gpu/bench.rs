@@ -302,6 +302,7 @@ fn compare_pipelines(
                             input,
                             &pngs[k],
                             &EncodeOptions {
+                                layout: crate::encode::Layout::Seekable,
                                 sidecar: false,
                                 gpu: GpuMode::Off,
                                 mapper: mapper.clone(),

@@ -48,6 +48,10 @@ const RING: usize = 256 * 1024;
 const MAX_ROW_BYTES: u64 = 64 << 20;
 /// Deflate cannot expand by more than 1032:1 (258-byte matches in 2 bits).
 const MAX_DEFLATE_RATIO: u64 = 1032;
+/// Streams shorter than this are indexed again on each open rather than saved in the default
+/// cache directory: the pass takes under ~20 ms (small images are written plain, without an
+/// index of their own, so the cache would otherwise collect one file per small image read).
+pub const PERSIST_MIN_STREAM: u64 = 16 << 20;
 /// How many bytes at each end of the file go into the cache key's hash.
 const EDGE_BYTES: u64 = 64 * 1024;
 
@@ -938,11 +942,24 @@ impl CheckpointIndex {
         spacing: u64,
     ) -> Result<(Self, CacheStatus)> {
         let file = File::open(path).map_err(|e| CheckpointError::io(path, e))?;
-        let ident = FileIdentity::of(&file, path)?;
-        let layout = png_chunks::walk(&file, path, ident.size)?;
+        Self::load_or_build_file(&file, path, cache_dir, spacing)
+    }
+
+    /// As [`load_or_build`](Self::load_or_build), for a file already open: the index is of
+    /// that file, even if `path` names another one by now. Without `cache_dir`, images whose
+    /// stream is under [`PERSIST_MIN_STREAM`] are indexed in memory only.
+    pub fn load_or_build_file(
+        file: &File,
+        path: &Path,
+        cache_dir: Option<&Path>,
+        spacing: u64,
+    ) -> Result<(Self, CacheStatus)> {
+        let ident = FileIdentity::of(file, path)?;
+        let layout = png_chunks::walk(file, path, ident.size)?;
         let dir = match cache_dir {
             Some(d) => Some(d.to_path_buf()),
-            None => default_cache_dir(),
+            None if layout.idat_len >= PERSIST_MIN_STREAM => default_cache_dir(),
+            None => None,
         };
         let mut reason = None;
         if let Some(dir) = &dir {
@@ -958,8 +975,8 @@ impl CheckpointIndex {
                 Err(e) => reason = Some(CheckpointError::io(&cache_path, e).to_string()),
             }
         }
-        let idx = Self::build_from(&file, path, ident.clone(), layout, spacing)?;
-        if FileIdentity::of(&file, path)? != ident {
+        let idx = Self::build_from(file, path, ident.clone(), layout, spacing)?;
+        if FileIdentity::of(file, path)? != ident {
             return Err(CheckpointError::Stale {
                 path: path.to_path_buf(),
                 reason: "the file changed while it was being indexed".into(),

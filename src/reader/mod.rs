@@ -908,7 +908,8 @@ impl Reader {
         if let Some(idx) = &*slot {
             return Ok(idx.clone());
         }
-        let (idx, status) = CheckpointIndex::load_or_build(
+        let (idx, status) = CheckpointIndex::load_or_build_file(
+            &p.file,
             &self.path,
             p.checkpoint_dir.as_deref(),
             checkpoint::DEFAULT_SPACING,

@@ -1,0 +1,188 @@
+//! The plain layout for small images: the pixels as one ordinary zlib stream, no `rtIX` index.
+//!
+//! The seekable layout pays for random access with a restart point per 1 KiB piece, an index
+//! entry per piece (0.39%), and a switch from stored bytes to coded zeros wherever payload and
+//! padding meet inside a scanline — about 25 bytes a scanline. In a small image the scanlines
+//! are short, so those switches dominate: random 1 MiB + 1 B (grid 1024) came out 2.7% larger
+//! than its input, 300,000 B 5%. A small image is decoded whole in a few milliseconds anyway,
+//! so the index buys nothing there; one zlib stream gets the reference's size (docs/LAYOUT.md,
+//! "Small images"). Readers treat these files like the reference's: a sequential decode, or a
+//! checkpoint pass before random reads.
+
+use std::io::{self, Write};
+
+use flate2::{Compress, Compression, FlushCompress, Status};
+
+use super::idat::IdatWriter;
+use crate::format::hilbert::TileTables;
+
+/// `--layout auto|seekable|plain`: how the pixels' zlib stream is laid out.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Layout {
+    /// Plain up to [`PLAIN_MAX_GRID`], seekable above.
+    #[default]
+    Auto,
+    /// Restart points and an `rtIX` index (docs/LAYOUT.md): random access at any size.
+    Seekable,
+    /// One ordinary zlib stream, as the reference writes.
+    Plain,
+}
+
+impl Layout {
+    /// Whether a `grid × grid` image is written plain.
+    pub fn is_plain(self, grid: u64) -> bool {
+        match self {
+            Layout::Auto => grid <= PLAIN_MAX_GRID,
+            Layout::Seekable => false,
+            Layout::Plain => true,
+        }
+    }
+}
+
+impl std::str::FromStr for Layout {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(Layout::Auto),
+            "seekable" => Ok(Layout::Seekable),
+            "plain" => Ok(Layout::Plain),
+            other => Err(format!(
+                "unknown layout '{other}' (expected auto, seekable or plain)"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Layout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Layout::Auto => "auto",
+            Layout::Seekable => "seekable",
+            Layout::Plain => "plain",
+        })
+    }
+}
+
+/// The largest grid [`Layout::Auto`] writes plain: 2048×2048 pixels, payloads up to 16 MiB
+/// (measured in docs/LAYOUT.md: above it the seekable layout stays within 1% + 4 KiB of random
+/// input; at or below it, it does not).
+pub const PLAIN_MAX_GRID: u64 = 2048;
+
+/// The largest plain grid deflated whole with zlib (payloads up to 4 MiB, at most ~90 ms at
+/// level 2). Larger plain images go through the piece pipeline without its index — stored
+/// runs and zero runs on every core — which is ~20× faster and, with scanlines this long, as
+/// small: zlib's Huffman codes charge random bytes about as much as the switches cost.
+pub const ZLIB_MAX_GRID: u64 = 1024;
+
+/// zlib level of the plain stream for a pieces `level` of 1–9: zlib-rs level 1 codes with
+/// static trees only, which makes random data 1% larger; level 2 stores it at 0.03%.
+pub fn plain_level(level: u32) -> u32 {
+    if level == 0 {
+        0
+    } else {
+        level.max(2)
+    }
+}
+
+/// Writes the image data of a `grid × grid` image (at most [`ZLIB_MAX_GRID`]) holding `payload` (Hilbert order, zero
+/// padded) as IDAT chunks of at most `idat_chunk_size` bytes: one zlib stream of scanlines,
+/// each filter type 0 (None). `draw_code` colours the pixels as code mode does.
+pub fn write_plain_pixels<W: Write>(
+    out: &mut W,
+    payload: &[u8],
+    grid: u64,
+    draw_code: bool,
+    level: u32,
+    idat_chunk_size: usize,
+) -> io::Result<()> {
+    // Tiles only serve the Hilbert mapping here: a scanline is gathered tile by tile.
+    let tables = TileTables::new(grid, grid.min(256));
+    let side = tables.tile_side() as usize;
+    let tile_bytes = 4 * tables.tile_pixels() as usize;
+    let mut deflate = Compress::new(Compression::new(level), true);
+    let mut idat = IdatWriter::new(out, idat_chunk_size);
+    let mut scanline = vec![0u8; 1 + 4 * grid as usize];
+    let mut coded = Vec::with_capacity(scanline.len() + 1024);
+    for stripe in 0..tables.tiles_per_side() {
+        let columns: Vec<(&[u32], &[u8])> = (0..tables.tiles_per_side())
+            .map(|column| {
+                let place = tables.place_at(column, stripe);
+                let start = (place.hilbert_index as usize * tile_bytes).min(payload.len());
+                let end = (start + tile_bytes).min(payload.len());
+                (tables.locals(&place), &payload[start..end])
+            })
+            .collect();
+        for row in 0..side {
+            for (c, (locals, tile_payload)) in columns.iter().enumerate() {
+                let dst = &mut scanline[1 + c * 4 * side..1 + (c + 1) * 4 * side];
+                super::gather_row(
+                    dst,
+                    &locals[row * side..(row + 1) * side],
+                    tile_payload,
+                    draw_code,
+                );
+            }
+            compress(&mut deflate, &scanline, FlushCompress::None, &mut coded)?;
+            idat.write_all(&coded)?;
+        }
+    }
+    compress(&mut deflate, &[], FlushCompress::Finish, &mut coded)?;
+    idat.write_all(&coded)?;
+    idat.finish()
+}
+
+/// Runs `deflate` over all of `input` (and, for `Finish`, to the end of the stream), replacing
+/// `coded` with what it produced.
+fn compress(
+    deflate: &mut Compress,
+    mut input: &[u8],
+    flush: FlushCompress,
+    coded: &mut Vec<u8>,
+) -> io::Result<()> {
+    coded.clear();
+    loop {
+        if coded.capacity() - coded.len() < 1024 {
+            coded.reserve(coded.capacity().max(4096));
+        }
+        let before_in = deflate.total_in();
+        let status = deflate
+            .compress_vec(input, coded, flush)
+            .map_err(io::Error::other)?;
+        input = &input[(deflate.total_in() - before_in) as usize..];
+        let done = match flush {
+            FlushCompress::Finish => status == Status::StreamEnd,
+            _ => input.is_empty() && coded.len() < coded.capacity(),
+        };
+        if done {
+            return Ok(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::code_mode::code_pixel;
+
+    #[test]
+    fn plain_level_avoids_static_trees() {
+        assert_eq!(plain_level(0), 0);
+        assert_eq!(plain_level(1), 2);
+        assert_eq!(plain_level(6), 6);
+    }
+
+    #[test]
+    fn code_pixels_are_coloured() {
+        // gather_row colours through code_pixel; a plain image of one pixel shows it.
+        let mut png = Vec::new();
+        write_plain_pixels(&mut png, &[1, 2, 3, 4], 1, true, 6, 1 << 20).unwrap();
+        let data_len = u32::from_be_bytes(png[0..4].try_into().unwrap()) as usize;
+        let mut raw = Vec::new();
+        use std::io::Read;
+        flate2::read::ZlibDecoder::new(&png[8..8 + data_len])
+            .read_to_end(&mut raw)
+            .unwrap();
+        assert_eq!(raw[0], 0);
+        assert_eq!(raw[1..5], code_pixel([1, 2, 3, 4]));
+    }
+}
