@@ -14,6 +14,9 @@
 #   vmlinuz, initrd.img from /boot when present
 #   random.bin   1 GiB of random bytes (BENCH_RANDOM_MIB to change)
 #   small files  random 1000 B, 100000 B, 300000 B, 600000 B, 20000000 B and 64 KiB of zeros
+# Then a second table, the layout's cost on random data at sizes from 1 B to 1 GiB + 1 (each
+# size just past a grid boundary is the worst case: most of the image is padding), against the
+# limit of 1% + 4 KiB and, where ../shared/vectors has one, the reference's PNG of the same input.
 # Needs: mksquashfs (squashfs-tools), zstd, mkfs.ext4 (e2fsprogs), openssl; installs the
 # Debian packages when missing and run as root.
 set -euo pipefail
@@ -122,5 +125,47 @@ print(f"| {name} | {f(n)} | {f(ours)} ({ours / max(n, 1):.3f}) | {ours_s} | {f(g
 EOF
 done
 rm -f "$WORK/out.rts.png" "$WORK/g.sqfs" "$WORK/z.sqfs" "$WORK/f.zst"
+
+# The layout's cost on random data, by size. Sizes just past 4^k bytes leave 3/4 of the image as
+# padding; 6 MiB and 20,000,000 B sit between boundaries.
+VECTORS=${PIXELRTS_VECTORS:-$ROOT/../shared/vectors/reference}
+printf '\n| random bytes | layout | pixelrts bytes | over input | limit (1%% + 4 KiB) | reference PNG | ours / reference | encode s | decode --verify s |\n'
+printf '|---|---|---|---|---|---|---|---|---|\n'
+for n in 1 1000 100000 300000 600000 1048577 2097152 4194305 5242880 6291456 16777217 20000000 67108865 268435457 1073741825; do
+    f="$WORK/sized.bin"
+    if [ "$n" -eq 5242880 ] && [ -f "$VECTORS/g_5MiB_prng.bin" ]; then
+        cp "$VECTORS/g_5MiB_prng.bin" "$f"
+    elif [ "$n" -eq 300000 ] && [ -f "$VECTORS/e_300000_prng.bin" ]; then
+        cp "$VECTORS/e_300000_prng.bin" "$f"
+    elif [ "$n" -eq 1 ] && [ -f "$VECTORS/b_one_byte.bin" ]; then
+        cp "$VECTORS/b_one_byte.bin" "$f"
+    elif [ "$n" -eq 1000 ] && [ -f "$VECTORS/c_1000_prng.bin" ]; then
+        cp "$VECTORS/c_1000_prng.bin" "$f"
+    else
+        head -c "$n" /dev/urandom >"$f"
+    fi
+    rm -f "$WORK/out.rts.png"
+    t0=$(now); "$BIN" encode "$f" "$WORK/out.rts.png" --no-sidecar --force >/dev/null; t1=$(now)
+    enc_s=$(secs "$t0" "$t1")
+    t0=$(now); "$BIN" decode "$WORK/out.rts.png" - --verify >/dev/null; t1=$(now)
+    dec_s=$(secs "$t0" "$t1")
+    layout=$("$BIN" info "$WORK/out.rts.png" | grep -q '^seekable: *yes' && echo seekable || echo plain)
+    ref=""
+    for v in b_one_byte c_1000_prng e_300000_prng g_5MiB_prng; do
+        if [ -f "$VECTORS/$v.bin" ] && cmp -s "$VECTORS/$v.bin" "$f"; then
+            ref=$(size "$VECTORS/$v.rts.png")
+        fi
+    done
+    python3 - "$n" "$layout" "$(size "$WORK/out.rts.png")" "${ref:-0}" "$enc_s" "$dec_s" <<'EOF'
+import sys
+n, layout, ours, ref, enc_s, dec_s = sys.argv[1:]
+n, ours, ref = int(n), int(ours), int(ref)
+limit = n // 100 + 4096
+mark = "ok" if ours - n <= limit else "OVER"
+r = f"{ref:,} | {ours / ref:.4f}" if ref else "– | –"
+print(f"| {n:,} | {layout} | {ours:,} | {ours - n:,} ({(ours - n) / n:.2%}) | {limit:,} {mark} | {r} | {enc_s} | {dec_s} |")
+EOF
+done
+rm -f "$WORK/sized.bin" "$WORK/out.rts.png"
 echo >&2
 echo ">>> corpus kept in $WORK (delete it when done)" >&2

@@ -1,11 +1,12 @@
 //! pixelrts: PixelRTS v2 containers — arbitrary files packed into PNG images.
 //!
 //! Modules by responsibility: [`format`] (Hilbert mapping, PNG chunks, metadata, the seekable
-//! index), [`encode`] and [`decode`] (the streaming, parallel pipelines), [`reader`] (random
+//! index), [`container`] (opening a file: metadata, index, layout), [`encode`] and [`decode`] (the streaming, parallel pipelines), [`reader`] (random
 //! access), [`gpu`] (the optional CUDA path, loaded at run time), [`doctor`] (what this machine
 //! offers), [`bench`] (benchmark history, regression checks, dashboard).
 pub mod bench;
 pub mod cache;
+pub mod container;
 pub mod decode;
 pub mod doctor;
 pub mod encode;

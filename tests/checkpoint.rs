@@ -414,7 +414,7 @@ fn hostile_headers_fail_fast() {
     // Not a PNG at all.
     fs::write(&p, b"hello, world, this is not a PNG").unwrap();
     let err = CheckpointIndex::build(&p, 1 << 20).unwrap_err().to_string();
-    assert!(err.contains("not a PNG"), "{err}");
+    assert!(err.contains("not a valid PNG"), "{err}");
 }
 
 #[test]

@@ -6,7 +6,8 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use pixelrts::decode::{decode_to_vec, Container};
+use pixelrts::container::Container;
+use pixelrts::decode::decode_to_vec;
 use pixelrts::fs::encode_dir::{EncodeDir, EncodeDirOptions, EntryKind, EntryState, Opened};
 use serde_json::Value;
 

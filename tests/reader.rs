@@ -102,6 +102,22 @@ fn fixtures() -> &'static Fixtures {
             let path = encode_into(dir.path(), &name, &data, &opts);
             cases.push(Case { name, path, data });
         }
+        // Zero stretches inside the data: their pieces have no bytes of their own, their index
+        // entries point at the start of the zero run they joined (index v2).
+        for (n, tile_log2) in [(1_000_000usize, Some(4u8)), (3 << 20, None)] {
+            let mut data = test_data(n, 301);
+            data[n / 4..n / 2].fill(0);
+            data[n - n / 8..].fill(0);
+            let name = format!("ours_holes_{n}.rts.png");
+            let opts = EncodeOptions {
+                layout: pixelrts::encode::Layout::Seekable,
+                tile_side_log2: tile_log2,
+                compress: CompressMode::None,
+                ..Default::default()
+            };
+            let path = encode_into(dir.path(), &name, &data, &opts);
+            cases.push(Case { name, path, data });
+        }
         // What `encode` writes by default for small images: plain, read through a checkpoint
         // pass like the reference's files.
         for (i, &n) in [1000usize, 300_000, 3 << 20].iter().enumerate() {
@@ -787,4 +803,96 @@ fn concurrent_sequential_readers_with_read_ahead_do_not_deadlock() {
     done_rx
         .recv_timeout(std::time::Duration::from_secs(120))
         .expect("readers deadlocked");
+}
+
+/// The entries of an index v2 chunk: `(file offset of the entry, value)` for every data tile's
+/// pieces, in Hilbert order, from the header's geometry.
+fn v2_entries(b: &[u8]) -> (usize, Vec<(usize, u32)>) {
+    let (at, _, len) = *chunks(b).iter().find(|c| &c.1 == b"rtIX").unwrap();
+    let data = at + 8;
+    assert_eq!(b[data + 8], 2, "index version");
+    let side = 1usize << b[data + 9];
+    let payload = u64::from_be_bytes(b[data + 16..data + 24].try_into().unwrap()) as usize;
+    let tiles_per_side = u32::from_be_bytes(b[data + 28..data + 32].try_into().unwrap()) as usize;
+    let data_tiles = payload.div_ceil(4 * side * side);
+    let table = data + 64 + 8 * tiles_per_side + 4 * data_tiles;
+    assert_eq!(
+        table + 4 * side * data_tiles,
+        data + len,
+        "v2 has entries for data tiles only"
+    );
+    let entries = (0..side * data_tiles)
+        .map(|k| {
+            let o = table + 4 * k;
+            (o, u32::from_be_bytes(b[o..o + 4].try_into().unwrap()))
+        })
+        .collect();
+    (at, entries)
+}
+
+fn fix_index_crc(b: &mut [u8], at: usize) {
+    let len = u32::from_be_bytes(b[at..at + 4].try_into().unwrap()) as usize;
+    let crc = crc32fast::hash(&b[at + 4..at + 8 + len]);
+    b[at + 8 + len..at + 12 + len].copy_from_slice(&crc.to_be_bytes());
+}
+
+const RAW: u32 = 1 << 31;
+
+/// Index v2: a raw entry that loses its flag, a deflated one that gains it, and a zero piece
+/// pointed elsewhere each fail the reads of their own tile with an error naming the file, and
+/// every other tile still reads right.
+#[test]
+fn lying_v2_entries_fail_only_their_tile() {
+    let f = fixtures();
+    let case = f
+        .cases
+        .iter()
+        .find(|c| c.name == "ours_holes_1000000.rts.png")
+        .unwrap();
+    let original = fs::read(&case.path).unwrap();
+    let (_, entries) = v2_entries(&original);
+    let raw = entries
+        .iter()
+        .position(|e| e.1 & RAW != 0)
+        .expect("random data is stored raw");
+    let side = 16;
+    // A zero piece: a tile inside the zero stretch (its entries point at run starts).
+    let zero_tile = case.data.len() / 4 / 1024 + 10;
+    let zero = zero_tile * side + 3;
+    assert!(case.data[zero_tile * 1024..(zero_tile + 1) * 1024]
+        .iter()
+        .all(|&b| b == 0));
+    assert_eq!(entries[zero].1 & RAW, 0, "zero pieces are not raw");
+    let dir = tempfile::tempdir().unwrap();
+    let lies: [(&str, usize, u32); 4] = [
+        ("raw_flag_cleared", raw, entries[raw].1 & !RAW),
+        ("raw_moved_by_one", raw, entries[raw].1 + 1),
+        ("zero_made_raw", zero, entries[zero].1 | RAW),
+        ("zero_pointed_at_data", zero, entries[raw].1 & !RAW),
+    ];
+    for (name, k, value) in lies {
+        let file = format!("{name}.rts.png");
+        let path = corrupt_copy(case, dir.path(), &file, |b| {
+            let (at, entries) = v2_entries(b);
+            let o = entries[k].0;
+            b[o..o + 4].copy_from_slice(&value.to_be_bytes());
+            fix_index_crc(b, at);
+        });
+        let r = Reader::open(
+            &path,
+            &ReaderOptions {
+                cache: Arc::new(TileCache::default()),
+                checkpoint_dir: None,
+            },
+        )
+        .unwrap();
+        let (ok, bad) = read_all_tiles(case, &r);
+        assert!(bad >= 1, "{name}: the tile with the lying entry must fail");
+        assert!(bad <= 2, "{name}: only that tile fails ({bad} did)");
+        assert!(ok > 500, "{name}: the others read ({ok})");
+        let tile = k / side;
+        let mut buf = vec![0u8; 1024];
+        let e = r.read_at(tile as u64 * 1024, &mut buf).unwrap_err();
+        assert!(e.to_string().contains(&file), "{name}: {e}");
+    }
 }

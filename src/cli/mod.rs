@@ -479,7 +479,7 @@ fn cmd_decode(a: DecodeArgs) -> anyhow::Result<i32> {
 }
 
 fn cmd_info(a: InfoArgs) -> anyhow::Result<i32> {
-    let container = decode::Container::open(&a.input)?;
+    let container = pixelrts::container::Container::open(&a.input)?;
     let info = container.info();
     if a.json {
         println!("{}", serde_json::to_string_pretty(&info)?);

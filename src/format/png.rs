@@ -82,8 +82,9 @@ impl Ihdr {
         })
     }
 
-    /// Checks that this image can be a PixelRTS container and returns its grid side.
-    pub fn pixelrts_grid(&self, path: &Path) -> Result<u64> {
+    /// Checks that this is an image pixelrts can stream: 8-bit RGBA, not interlaced, of a
+    /// possible size, with the only compression and filter methods PNG defines.
+    pub fn check_rgba8(&self, path: &Path) -> Result<()> {
         if self.width == 0
             || self.height == 0
             || self.width > MAX_CHUNK_LEN
@@ -91,19 +92,19 @@ impl Ihdr {
         {
             return Err(Error::not_png(
                 path,
-                format!("IHDR has impossible size {}x{}", self.width, self.height),
+                format!(
+                    "malformed IHDR: size {}x{} is not in 1..2^31-1",
+                    self.width, self.height
+                ),
             ));
         }
-        if self.width != self.height {
-            return Err(Error::unsupported(
+        if self.compression != 0 || self.filter != 0 {
+            return Err(Error::not_png(
                 path,
-                format!("image is {}x{}, not square", self.width, self.height),
-            ));
-        }
-        if !self.width.is_power_of_two() {
-            return Err(Error::unsupported(
-                path,
-                format!("image side {} is not a power of two", self.width),
+                format!(
+                    "malformed IHDR: compression method {}, filter method {}",
+                    self.compression, self.filter
+                ),
             ));
         }
         if self.color_type != 6 || self.bit_depth != 8 {
@@ -118,21 +119,34 @@ impl Ihdr {
             return Err(Error::unsupported(
                 path,
                 format!(
-                    "image is {}-bit {kind} (colour type {}); PixelRTS needs 8-bit RGBA",
-                    self.bit_depth, self.color_type
+                    "image is {}-bit {kind} (colour type {}, bit depth {}); 8-bit RGBA is needed",
+                    self.bit_depth, self.color_type, self.bit_depth
                 ),
             ));
         }
-        if self.compression != 0 || self.filter != 0 {
-            return Err(Error::not_png(
+        match self.interlace {
+            0 => Ok(()),
+            1 => Err(Error::unsupported(path, "interlaced (Adam7) image")),
+            i => Err(Error::not_png(
                 path,
-                "unknown compression or filter method in IHDR",
-            ));
+                format!("malformed IHDR: interlace method {i}"),
+            )),
         }
-        if self.interlace != 0 {
+    }
+
+    /// Checks that this image can be a PixelRTS container and returns its grid side.
+    pub fn pixelrts_grid(&self, path: &Path) -> Result<u64> {
+        self.check_rgba8(path)?;
+        if self.width != self.height {
             return Err(Error::unsupported(
                 path,
-                "interlaced images are not PixelRTS containers",
+                format!("image is {}x{}, not square", self.width, self.height),
+            ));
+        }
+        if !self.width.is_power_of_two() {
+            return Err(Error::unsupported(
+                path,
+                format!("image side {} is not a power of two", self.width),
             ));
         }
         Ok(u64::from(self.width))
@@ -335,4 +349,79 @@ fn crc_mismatch(path: &Path, chunk: &ChunkHeader) -> Error {
             chunk.offset
         ),
     )
+}
+
+/// One IDAT chunk's data in the file (its CRC follows the data).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IdatChunk {
+    pub data_offset: u64,
+    pub len: u32,
+}
+
+/// What a reader of the image data needs from a PNG: found by [`layout`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PngLayout {
+    pub width: u32,
+    pub height: u32,
+    /// The IDAT chunks in file order (consecutive in the file).
+    pub idat: Vec<IdatChunk>,
+    /// Total length of the IDAT data (the zlib stream).
+    pub idat_len: u64,
+}
+
+/// Walks every chunk of `file` to IEND: IHDR first (8-bit RGBA, [`Ihdr::check_rgba8`]), the
+/// IDAT chunks consecutive, no unknown critical chunk, and the CRC of every chunk but IDAT
+/// checked (IDAT data is checked by whoever streams it).
+pub fn layout(file: &File, path: &Path) -> Result<PngLayout> {
+    let mut walker = ChunkWalker::new(file, path)?;
+    let ihdr = read_ihdr(&mut walker, path)?;
+    ihdr.check_rgba8(path)?;
+    let mut idat = Vec::new();
+    let mut idat_len = 0u64;
+    let mut idat_done = false;
+    for chunk in walker {
+        let chunk = chunk?;
+        match &chunk.kind {
+            b"IDAT" => {
+                if idat_done {
+                    return Err(Error::not_png(
+                        path,
+                        format!(
+                            "IDAT chunk at offset {} after other chunks followed IDAT",
+                            chunk.offset
+                        ),
+                    ));
+                }
+                idat.push(IdatChunk {
+                    data_offset: chunk.data_offset(),
+                    len: chunk.length,
+                });
+                idat_len += u64::from(chunk.length);
+            }
+            kind => {
+                idat_done |= !idat.is_empty();
+                verify_chunk_crc_streamed(file, path, &chunk)?;
+                match kind {
+                    b"IHDR" => return Err(Error::not_png(path, "more than one IHDR chunk")),
+                    b"IEND" | b"PLTE" => {}
+                    _ if kind[0].is_ascii_uppercase() => {
+                        return Err(Error::unsupported(
+                            path,
+                            format!("unknown critical chunk {}", chunk.kind_str()),
+                        ))
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    if idat.is_empty() {
+        return Err(Error::not_png(path, "no IDAT chunk"));
+    }
+    Ok(PngLayout {
+        width: ihdr.width,
+        height: ihdr.height,
+        idat,
+        idat_len,
+    })
 }

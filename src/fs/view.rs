@@ -25,7 +25,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::{Map, Value};
 
 use crate::cache::{FileKey, TileCache};
-use crate::decode::Container;
+use crate::container::Container;
 use crate::error::{Error, IoContext, Result};
 use crate::reader::{Reader, ReaderOptions};
 

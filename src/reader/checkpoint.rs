@@ -31,8 +31,8 @@ use super::inflate::{
     Inflater, Z_BLOCK, Z_BUF_ERROR, Z_DATA_ERROR, Z_MEM_ERROR, Z_NEED_DICT, Z_NO_FLUSH,
     Z_STREAM_END,
 };
-use super::png_chunks::{self, IdatChunk, PngLayout};
 use super::unfilter::{BadFilter, RowUnfilter};
+use crate::format::png::{self, IdatChunk, PngLayout};
 
 /// Default distance between checkpoints, in bytes of filtered image data.
 pub const DEFAULT_SPACING: u64 = 1 << 20;
@@ -67,12 +67,11 @@ pub enum CheckpointError {
         #[source]
         source: io::Error,
     },
-    #[error("{}: not a PNG file (bad signature)", path.display())]
-    NotPng { path: PathBuf },
+    /// The PNG structure, as [`crate::format::png::layout`] checks it.
+    #[error(transparent)]
+    Png(#[from] crate::Error),
     #[error("{}: unsupported PNG: {reason}", path.display())]
     Unsupported { path: PathBuf, reason: String },
-    #[error("{}: malformed PNG: {reason}", path.display())]
-    Malformed { path: PathBuf, reason: String },
     #[error("{}: truncated file: {what}", path.display())]
     Truncated { path: PathBuf, what: String },
     #[error("{}: CRC mismatch in {chunk} chunk at offset {offset}", path.display())]
@@ -274,7 +273,7 @@ impl CheckpointIndex {
     pub fn build(path: &Path, spacing: u64) -> Result<Self> {
         let file = File::open(path).map_err(|e| CheckpointError::io(path, e))?;
         let ident = FileIdentity::of(&file, path)?;
-        let layout = png_chunks::walk(&file, path, ident.size)?;
+        let layout = png::layout(&file, path)?;
         let idx = Self::build_from(&file, path, ident, layout, spacing)?;
         // A file changed while it was read cannot be trusted to match what was indexed.
         let now = FileIdentity::of(&file, path)?;
@@ -955,7 +954,7 @@ impl CheckpointIndex {
         spacing: u64,
     ) -> Result<(Self, CacheStatus)> {
         let ident = FileIdentity::of(file, path)?;
-        let layout = png_chunks::walk(file, path, ident.size)?;
+        let layout = png::layout(file, path)?;
         let dir = match cache_dir {
             Some(d) => Some(d.to_path_buf()),
             None if layout.idat_len >= PERSIST_MIN_STREAM => default_cache_dir(),

@@ -32,7 +32,6 @@
 pub mod bench;
 pub mod checkpoint;
 mod inflate;
-pub mod png_chunks;
 mod unfilter;
 
 use std::collections::BTreeMap;
@@ -45,7 +44,7 @@ use std::sync::{Arc, Mutex};
 use rayon::prelude::*;
 
 use crate::cache::{FileKey, TileCache, TileKey};
-use crate::decode::{adjacent_runs, Container, SeekableImage, TileScratch};
+use crate::container::{adjacent_runs, Container, SeekableImage, TileScratch};
 use crate::error::{Error, IoContext, Result};
 use crate::format::hilbert::{band_tables, gather_tile_from_band, TileTables};
 use crate::format::metadata::B64Source;
@@ -189,6 +188,7 @@ impl std::fmt::Debug for Reader {
 fn from_checkpoint(path: &Path, e: CheckpointError) -> Error {
     match e {
         CheckpointError::Io { path, source } => Error::Io { path, source },
+        CheckpointError::Png(e) => e,
         other => {
             let text = other.to_string();
             let prefix = format!("{}: ", path.display());
@@ -201,7 +201,13 @@ fn from_checkpoint(path: &Path, e: CheckpointError) -> Error {
 impl Reader {
     /// Opens `path`: reads its metadata and index (no pixel data yet).
     pub fn open(path: &Path, opts: &ReaderOptions) -> Result<Self> {
-        let c = Container::open(path)?;
+        Self::from_container(Container::open(path)?, opts)
+    }
+
+    /// A reader of an opened container (it keeps the container's file open, so it reads the
+    /// version that was opened).
+    pub fn from_container(c: Container, opts: &ReaderOptions) -> Result<Self> {
+        let path = &c.path.clone();
         let grid = c.grid;
         let key = FileKey::of(&c.file).at(path)?;
         let md = &c.metadata;

@@ -5,7 +5,7 @@ use std::path::Path;
 use serde_json::{Map, Value};
 
 use super::{errno, lock, EncodeDir, Node};
-use crate::decode::Container;
+use crate::container::Container;
 use crate::error::Result;
 
 /// The xattr namespace that maps to metadata keys.
