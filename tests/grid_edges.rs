@@ -70,6 +70,8 @@ macro_rules! auto_grid_tests {
         fn $name() {
             assert_eq!(expected_grid($n as u64), $grid, "the test's own rule");
             assert_eq!(round_trip($n, &[]), $grid, "auto grid for {} bytes", $n);
+            // Small images are plain by default; the seekable layout at the same edges.
+            assert_eq!(round_trip($n, &["--layout", "seekable"]), $grid, "seekable, {} bytes", $n);
         }
     )*};
 }

@@ -6,7 +6,7 @@ mod common;
 use base64::Engine;
 use common::*;
 use pixelrts::encode::compressed::CompressMode;
-use pixelrts::encode::{encode_to_vec, EncodeOptions};
+use pixelrts::encode::{encode_to_vec, EncodeOptions, Layout};
 use pixelrts::Mode;
 use proptest::prelude::*;
 
@@ -64,10 +64,19 @@ fn png_crate_decode(png: &[u8], size: usize) -> Vec<u8> {
     out
 }
 
-fn check(data: &[u8], mode: Mode, level: u32) -> Result<(), TestCaseError> {
+fn layout() -> impl Strategy<Value = Layout> {
+    prop_oneof![
+        Just(Layout::Auto),
+        Just(Layout::Seekable),
+        Just(Layout::Plain)
+    ]
+}
+
+fn check(data: &[u8], mode: Mode, level: u32, layout: Layout) -> Result<(), TestCaseError> {
     let opts = EncodeOptions {
         mode,
         level,
+        layout,
         compress: CompressMode::None,
         ..Default::default()
     };
@@ -143,18 +152,18 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 32, max_shrink_iters: 64, ..ProptestConfig::default() })]
 
     #[test]
-    fn round_trip_default_level(data in payload(), mode in mode()) {
-        check(&data, mode, pixelrts::encode::DEFAULT_LEVEL)?;
+    fn round_trip_default_level(data in payload(), mode in mode(), layout in layout()) {
+        check(&data, mode, pixelrts::encode::DEFAULT_LEVEL, layout)?;
     }
 
     #[test]
-    fn round_trip_any_level(data in payload(), mode in mode(), level in 0u32..=9) {
-        check(&data, mode, level)?;
+    fn round_trip_any_level(data in payload(), mode in mode(), level in 0u32..=9, layout in layout()) {
+        check(&data, mode, level, layout)?;
     }
 
     #[test]
-    fn small_sizes(n in 0usize..300, seed in any::<u64>(), mode in mode()) {
-        check(&prng_bytes(n, seed), mode, 1)?;
+    fn small_sizes(n in 0usize..300, seed in any::<u64>(), mode in mode(), layout in layout()) {
+        check(&prng_bytes(n, seed), mode, 1, layout)?;
     }
 }
 

@@ -422,13 +422,21 @@ fn encode_core<W: Write + Seek + Send>(
 
     let indexed = !opts.layout.is_plain(grid);
     let (digest, end) = if !indexed && grid <= plain::ZLIB_MAX_GRID {
+        // Whether the pixels compress: a compressed payload does not; `auto` has already
+        // sampled the input when it chose not to compress it.
+        let compressible = match (compressed, opts.compress) {
+            (Some(_), _) => false,
+            (None, CompressMode::Auto) if opts.mode == Mode::Standard => false,
+            _ => compressed::worth_compressing(data),
+        };
+        let plain_coding = plain::PlainCoding::new(opts.level, compressible);
         timed(clock, Stage::Codec, || {
             plain::write_plain_pixels(
                 &mut *out,
                 data,
                 grid,
                 draw_code,
-                plain::plain_level(opts.level),
+                plain_coding,
                 IDAT_CHUNK_SIZE as usize,
             )
         })
