@@ -382,6 +382,18 @@ fn corrupt_copy(case: &Case, dir: &Path, name: &str, f: impl FnOnce(&mut Vec<u8>
     p
 }
 
+/// A reader with a cache of its own and no checkpoint directory (nothing shared with the
+/// other tests), or the error opening it.
+fn private_reader(path: &Path) -> pixelrts::Result<Reader> {
+    Reader::open(
+        path,
+        &ReaderOptions {
+            cache: Arc::new(TileCache::default()),
+            checkpoint_dir: None,
+        },
+    )
+}
+
 /// Reads every tile alone: each read is an error or the right bytes. Returns (ok, errors).
 fn read_all_tiles(case: &Case, r: &Reader) -> (usize, usize) {
     let tb = r.tile_bytes() as usize;
@@ -427,14 +439,7 @@ fn flipped_idat_byte_fails_one_tile_only() {
         }
         unreachable!();
     });
-    let r = Reader::open(
-        &path,
-        &ReaderOptions {
-            cache: Arc::new(TileCache::default()),
-            checkpoint_dir: None,
-        },
-    )
-    .unwrap();
+    let r = private_reader(&path).unwrap();
     let (ok, bad) = read_all_tiles(case, &r);
     assert!(bad >= 1, "the damaged tile must fail");
     assert!(bad <= 2, "only the damaged tile fails ({bad} did)");
@@ -474,13 +479,7 @@ fn lying_index_is_an_error_not_a_panic() {
             let crc = crc32fast::hash(&b[at + 4..data + len]);
             b[data + len..data + len + 4].copy_from_slice(&crc.to_be_bytes());
         });
-        match Reader::open(
-            &path,
-            &ReaderOptions {
-                cache: Arc::new(TileCache::default()),
-                checkpoint_dir: None,
-            },
-        ) {
+        match private_reader(&path) {
             Err(_) => {}
             Ok(r) => {
                 let (_ok, bad) = read_all_tiles(case, &r);
@@ -878,14 +877,7 @@ fn lying_v2_entries_fail_only_their_tile() {
             b[o..o + 4].copy_from_slice(&value.to_be_bytes());
             fix_index_crc(b, at);
         });
-        let r = Reader::open(
-            &path,
-            &ReaderOptions {
-                cache: Arc::new(TileCache::default()),
-                checkpoint_dir: None,
-            },
-        )
-        .unwrap();
+        let r = private_reader(&path).unwrap();
         let (ok, bad) = read_all_tiles(case, &r);
         assert!(bad >= 1, "{name}: the tile with the lying entry must fail");
         assert!(bad <= 2, "{name}: only that tile fails ({bad} did)");
