@@ -14,7 +14,8 @@
 #   vmlinuz, initrd.img from /boot when present
 #   random.bin   1 GiB of random bytes (BENCH_RANDOM_MIB to change)
 #   small files  random 1000 B, 100000 B, 300000 B, 600000 B, 20000000 B and 64 KiB of zeros
-# Then a second table, the layout's cost on random data at sizes from 1 B to 1 GiB + 1 (each
+# Then the read path (scripts/bench-read.sh) on os.img and random.bin.
+# Before it, a second table, the layout's cost on random data at sizes from 1 B to 1 GiB + 1 (each
 # size just past a grid boundary is the worst case: most of the image is padding), against the
 # limit of 1% + 4 KiB and, where ../shared/vectors has one, the reference's PNG of the same input.
 # Needs: mksquashfs (squashfs-tools), zstd, mkfs.ext4 (e2fsprogs), openssl; installs the
@@ -167,5 +168,11 @@ print(f"| {n:,} | {layout} | {ours:,} | {ours - n:,} ({(ours - n) / n:.2%}) | {l
 EOF
 done
 rm -f "$WORK/sized.bin" "$WORK/out.rts.png"
+
+# The read path (scripts/bench-read.sh): the OS image and the random file served by the mount,
+# squashfuse_ll (zstd, gzip) and the kernel's squashfs. BENCH_READ=0 skips it.
+if [ "${BENCH_READ:-1}" != 0 ]; then
+    PIXELRTS_BIN="$BIN" scripts/bench-read.sh "$WORK/os.img" "$WORK/random.bin"
+fi
 echo >&2
 echo ">>> corpus kept in $WORK (delete it when done)" >&2

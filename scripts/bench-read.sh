@@ -83,7 +83,7 @@ fio_run() {
 import json, sys
 j = json.load(sys.stdin)["jobs"][0]["read"]
 p = j["clat_ns"]["percentile"]
-print(f"{j[\"iops\"]:.0f} {p[\"50.000000\"] / 1000:.0f} {p[\"99.000000\"] / 1000:.0f}")'
+print("%.0f %.0f %.0f" % (j["iops"], p["50.000000"] / 1000, p["99.000000"] / 1000))'
 }
 
 # loop_tar: loop-mounts $SERVED read-only, times `tar cf /dev/null` of its tree.

@@ -11,7 +11,7 @@ use common::*;
 use pixelrts::cache::TileCache;
 use pixelrts::decode::{decode_to_writer, DecodeOptions};
 use pixelrts::encode::compressed::CompressMode;
-use pixelrts::encode::{encode_file, EncodeOptions};
+use pixelrts::encode::{encode_file, EncodeOptions, Layout};
 use pixelrts::reader::{Reader, ReaderOptions};
 use proptest::prelude::*;
 use serde_json::Value;
@@ -44,11 +44,23 @@ fn content(n: usize, seed: u64) -> Vec<u8> {
     out
 }
 
+/// A compressed payload in the seekable layout (segments read straight from raw pieces).
 fn encode_compressed(dir: &Path, name: &str, data: &[u8], segment_size: u32) -> PathBuf {
+    encode_compressed_as(dir, name, data, segment_size, Layout::Seekable)
+}
+
+fn encode_compressed_as(
+    dir: &Path,
+    name: &str,
+    data: &[u8],
+    segment_size: u32,
+    layout: Layout,
+) -> PathBuf {
     let input = dir.join(name);
     fs::write(&input, data).unwrap();
     let png = dir.join(format!("{name}.rts.png"));
     let opts = EncodeOptions {
+        layout,
         compress: CompressMode::Zlib,
         segment_size,
         sidecar: false,
@@ -140,6 +152,10 @@ fn round_trips_at_segment_and_tile_edges() {
         1_500_000,
     ] {
         let data = content(n, n as u64);
+        // Plain (through a checkpoint pass) as `auto` writes small images, and seekable.
+        let plain = encode_compressed_as(dir.path(), &format!("p{n}"), &data, seg, Layout::Plain);
+        assert!(decode(&plain).unwrap() == data, "decode plain n={n}");
+        check_ranges(&reader(&plain), &data, n as u64);
         let png = encode_compressed(dir.path(), &format!("c{n}"), &data, seg);
         let meta = png_metadata(&fs::read(&png).unwrap()).unwrap();
         let c = &meta["compression"];
@@ -276,6 +292,55 @@ fn corrupted_segment_fails_only_its_reads() {
     // A whole decode reads through the same segment checks: it refuses the file, naming it.
     let e = decode(&bad_png).unwrap_err().to_string();
     assert!(e.contains("bad.rts.png") && e.contains("segment 3"), "{e}");
+}
+
+/// Bytes of the compressed stream come straight from raw pieces, checked only by the segment
+/// CRC: a damaged byte in the pixels fails the segments it lies in, with the file named, and
+/// every other segment still reads right.
+#[test]
+fn damaged_pixels_fail_only_their_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = content(1_500_000, 5);
+    let png = encode_compressed(dir.path(), "dmg", &data, 4096);
+    let mut bytes = fs::read(&png).unwrap();
+    let idat: Vec<usize> = {
+        let mut at = 8;
+        let mut found = Vec::new();
+        while at + 12 <= bytes.len() {
+            let len = u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+            if &bytes[at + 4..at + 8] == b"IDAT" {
+                found.push(at + 8 + len / 3);
+                found.push(at + 8 + 2 * len / 3);
+            }
+            at += 12 + len;
+        }
+        found
+    };
+    for &at in &idat {
+        bytes[at] ^= 0x5a;
+    }
+    let bad_png = dir.path().join("damaged.rts.png");
+    fs::write(&bad_png, &bytes).unwrap();
+    let r = reader(&bad_png);
+    let (mut ok, mut bad) = (0, 0);
+    for s in 0..data.len().div_ceil(4096) {
+        let mut buf = vec![0u8; 4096];
+        match r.read_at(s as u64 * 4096, &mut buf) {
+            Ok(n) => {
+                assert!(
+                    buf[..n] == data[s * 4096..s * 4096 + n],
+                    "segment {s}: wrong bytes"
+                );
+                ok += 1;
+            }
+            Err(e) => {
+                assert!(e.to_string().contains("damaged.rts.png"), "{e}");
+                bad += 1;
+            }
+        }
+    }
+    assert!(bad >= 1 && bad <= 2 * idat.len(), "{bad} segments failed");
+    assert!(ok > 300, "{ok} segments read");
 }
 
 #[test]

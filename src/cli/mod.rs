@@ -204,7 +204,7 @@ struct EncodeArgs {
     #[arg(long, default_value_t = encode::compressed::DEFAULT_COMPRESS_LEVEL, value_parser = clap::value_parser!(u32).range(1..=9))]
     compress_level: u32,
     /// Original bytes per independently inflatable segment of a compressed payload (K/M suffixes).
-    #[arg(long, default_value = "512K", value_parser = parse_segment_size)]
+    #[arg(long, default_value = "128K", value_parser = parse_segment_size)]
     segment_size: u32,
     /// auto (plain up to 1024x1024 pixels, i.e. payloads up to 4 MiB; seekable above),
     /// seekable (restart points and an index: random access without a first pass), plain (one

@@ -384,6 +384,90 @@ impl SeekableImage {
         result.map_err(|e| Error::corrupt(&self.path, format!("tile {j}, row {r}: {e}")))
     }
 
+    /// Copies payload bytes `[offset, offset + out.len())` straight out of raw pieces (index
+    /// v2) without decoding whole tiles: each row of a tile that holds some of them is read in
+    /// part, once. Nothing here checks the bytes — no tile CRC covers part of a tile — so only
+    /// callers that verify what they make of them may use this (a compressed segment, whose
+    /// CRC-32 is checked after inflating). Returns false when a piece it needs is not raw; the
+    /// caller then decodes whole tiles.
+    pub fn read_raw_payload(&self, offset: u64, out: &mut [u8]) -> Result<bool> {
+        if self.header.version == VERSION_DENSE {
+            return Ok(false);
+        }
+        let side = self.tables.tile_side() as usize;
+        let tile_bytes = 4 * self.tables.tile_pixels();
+        let end = offset + out.len() as u64;
+        if end > self.header.payload_size {
+            return Err(Error::corrupt(&self.path, "read past the payload"));
+        }
+        let mut lo = vec![usize::MAX; side];
+        let mut hi = vec![0usize; side];
+        let mut row_at = vec![0usize; side];
+        let mut rows = Vec::new();
+        let mut at = offset;
+        while at < end {
+            let j = at / tile_bytes;
+            let tile_start = j * tile_bytes;
+            let tile_end = (tile_start + tile_bytes).min(end);
+            let place = self.tables.place_of(j);
+            let positions = self.tables.positions(&place);
+            let (first_px, end_px) = (
+                ((at - tile_start) / 4) as usize,
+                (tile_end - tile_start).div_ceil(4) as usize,
+            );
+            lo.fill(usize::MAX);
+            hi.fill(0);
+            for &pos in &positions[first_px..end_px] {
+                let (y, x) = (pos as usize / side, pos as usize % side);
+                lo[y] = lo[y].min(x);
+                hi[y] = hi[y].max(x);
+            }
+            let entries = self.piece_entries(place.row, place.column, j)?;
+            let (stripe_start, stripe_end) = self.stripe_bounds(place.row);
+            let filter = u64::from(place.column == 0);
+            let row_len = 4 * side as u64 + filter;
+            let mut spans = Vec::new();
+            rows.clear();
+            for y in (0..side).filter(|&y| lo[y] <= hi[y]) {
+                let entry = entries[y];
+                if entry & RAW_FLAG == 0 {
+                    return Ok(false);
+                }
+                let piece = stripe_start + u64::from(entry & !RAW_FLAG);
+                if piece + row_len > stripe_end {
+                    return Err(self.entry_out_of_range(place.column, place.row));
+                }
+                row_at[y] = rows.len();
+                let len = 4 * (hi[y] - lo[y] + 1);
+                rows.resize(rows.len() + len, 0);
+                spans.push(PieceSpan {
+                    at: piece + filter + 4 * lo[y] as u64,
+                    len: len as u64,
+                    raw: true,
+                });
+            }
+            self.prefetch_if_cold(&spans);
+            let mut k = 0;
+            for y in (0..side).filter(|&y| lo[y] <= hi[y]) {
+                let span = spans[k];
+                k += 1;
+                self.read_stream(span.at, &mut rows[row_at[y]..row_at[y] + span.len as usize])?;
+            }
+            for (px, &pos) in (first_px..end_px).zip(&positions[first_px..end_px]) {
+                let (y, x) = (pos as usize / side, pos as usize % side);
+                let src = row_at[y] + 4 * (x - lo[y]);
+                let pixel_start = tile_start + 4 * px as u64;
+                let a = pixel_start.max(at);
+                let b = (pixel_start + 4).min(tile_end);
+                out[(a - offset) as usize..(b - offset) as usize].copy_from_slice(
+                    &rows[src + (a - pixel_start) as usize..src + (b - pixel_start) as usize],
+                );
+            }
+            at = tile_end;
+        }
+        Ok(true)
+    }
+
     /// The piece spans of `count` tiles of `stripe` from `first_column` on, their reads
     /// started at once when the file is not in the page cache.
     fn run_spans(

@@ -355,6 +355,34 @@ pub fn inflate_piece(
     Ok(())
 }
 
+/// Inflates one segment of a compressed payload — raw deflate ending with a full flush, as
+/// [`deflate_or_store`] writes it — into `out`, which it must fill exactly. libdeflate decodes
+/// only whole streams, so the segment is given an empty final block (`03 00`) first; output
+/// beyond `out` is an error (a bomb cannot grow it). The caller checks the segment's CRC-32.
+pub fn inflate_segment(coded: &[u8], out: &mut [u8]) -> Result<(), PieceError> {
+    thread_local! {
+        static STATE: std::cell::RefCell<(libdeflater::Decompressor, Vec<u8>)> =
+            std::cell::RefCell::new((libdeflater::Decompressor::new(), Vec::new()));
+    }
+    STATE.with(|state| {
+        let (decompressor, whole) = &mut *state.borrow_mut();
+        whole.clear();
+        whole.extend_from_slice(coded);
+        whole.extend_from_slice(&FINAL_EMPTY_BLOCK);
+        match decompressor.deflate_decompress(whole, out) {
+            Ok(got) if got == out.len() => Ok(()),
+            Ok(got) => Err(PieceError::WrongLength {
+                expected: out.len(),
+                got,
+            }),
+            Err(libdeflater::DecompressionError::InsufficientSpace) => Err(PieceError::Inflate(
+                format!("segment inflates to more than {} bytes", out.len()),
+            )),
+            Err(e) => Err(PieceError::Inflate(e.to_string())),
+        }
+    })
+}
+
 /// Inflates the self-contained deflate sequence at the start of `compressed` until `out` is
 /// full (index version 2, where a piece's length is not recorded: whatever follows it is
 /// another piece or padding). The caller checks the result against the tile's CRC.

@@ -415,12 +415,39 @@ impl Reader {
         let end = offset + buf.len() as u64;
         let first = index.segment_of(offset);
         let last = index.segment_of(end - 1);
+        // Several segments to inflate: their stream bytes are one range, fetched at once
+        // through whole tiles (one read per scanline for adjacent tiles, decoded in parallel,
+        // sequential read-ahead); a lone segment reads its bytes straight from the pieces.
+        let missing: Vec<u64> = (first..=last)
+            .filter(|&s| {
+                self.cache
+                    .peek(&self.tile_key(SEGMENT_KEY_BIT | s))
+                    .is_none()
+            })
+            .collect();
+        let mut fetched = None;
+        if let (Some(&m0), Some(&m1)) = (missing.first(), missing.last()) {
+            if m0 != m1 {
+                let (a, _) = index.coded_range(m0);
+                let (_, z) = index.coded_range(m1);
+                if z > self.payload_len || a > z {
+                    return Err(Error::corrupt(
+                        &self.path,
+                        format!("compressed segments {m0}..={m1} end past the payload"),
+                    ));
+                }
+                let mut coded = vec![0u8; (z - a) as usize];
+                self.read_payload(a, &mut coded)?;
+                fetched = Some((a, coded));
+            }
+        }
+        let fetched = fetched.as_ref().map(|(a, c)| (*a, &c[..]));
         let segments: Vec<Arc<[u8]>> = if first == last {
-            vec![self.segment(index, first)?]
+            vec![self.segment(index, first, fetched)?]
         } else {
             (first..=last)
                 .into_par_iter()
-                .map(|s| self.segment(index, s))
+                .map(|s| self.segment(index, s, fetched))
                 .collect::<Result<_>>()?
         };
         for (s, seg) in (first..=last).zip(&segments) {
@@ -434,8 +461,14 @@ impl Reader {
     }
 
     /// Segment `s`, decoded once: a thread that finds another decoding it waits (except on a
-    /// rayon worker, which decodes it again rather than block; see `tiles`).
-    fn segment(&self, index: &crate::format::zindex::SegmentIndex, s: u64) -> Result<Arc<[u8]>> {
+    /// rayon worker, which decodes it again rather than block; see `tiles`). `fetched` is stream
+    /// bytes already read, `(payload offset, bytes)`, used when they cover the segment.
+    fn segment(
+        &self,
+        index: &crate::format::zindex::SegmentIndex,
+        s: u64,
+        fetched: Option<(u64, &[u8])>,
+    ) -> Result<Arc<[u8]>> {
         let key = self.tile_key(SEGMENT_KEY_BIT | s);
         if let Some(seg) = self.cache.get(&key) {
             return Ok(seg);
@@ -460,12 +493,29 @@ impl Reader {
                 format!("compressed segment {s} ends past the payload"),
             ));
         }
-        let mut coded = vec![0u8; (z - a) as usize];
-        self.read_payload(a, &mut coded)?;
+        let mut own = Vec::new();
+        let coded: &[u8] = match fetched {
+            Some((base, bytes)) if base <= a && z <= base + bytes.len() as u64 => {
+                &bytes[(a - base) as usize..(z - base) as usize]
+            }
+            _ => {
+                own.resize((z - a) as usize, 0);
+                // A segment is checked by its own CRC-32 below, so its stream bytes may come
+                // straight from raw pieces, without decoding (and CRC-checking) the whole
+                // tiles around them.
+                let direct = match &*self.backend {
+                    Backend::Seekable { image, .. } => image.read_raw_payload(a, &mut own)?,
+                    _ => false,
+                };
+                if !direct {
+                    self.read_payload(a, &mut own)?;
+                }
+                &own
+            }
+        };
         let mut out = self.cache.buffer((y - x) as usize);
         let buf = Arc::get_mut(&mut out).expect("a fresh cache buffer is not shared");
-        let mut inflater = flate2::Decompress::new(false);
-        crate::format::segment::inflate_piece(&coded, buf, &mut inflater).map_err(|e| {
+        crate::format::segment::inflate_segment(coded, buf).map_err(|e| {
             Error::corrupt(
                 &self.path,
                 format!("compressed segment {s} (bytes {x}..{y}): {e}"),
