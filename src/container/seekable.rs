@@ -447,10 +447,7 @@ impl SeekableImage {
                 });
             }
             self.prefetch_if_cold(&spans);
-            let mut k = 0;
-            for y in (0..side).filter(|&y| lo[y] <= hi[y]) {
-                let span = spans[k];
-                k += 1;
+            for (y, span) in (0..side).filter(|&y| lo[y] <= hi[y]).zip(&spans) {
                 self.read_stream(span.at, &mut rows[row_at[y]..row_at[y] + span.len as usize])?;
             }
             for (px, &pos) in (first_px..end_px).zip(&positions[first_px..end_px]) {
