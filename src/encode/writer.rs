@@ -6,7 +6,8 @@
 //! * consecutive raw (stored) pieces share stored blocks of up to 65535 bytes, and their index
 //!   entries point at the bytes themselves (RAW flag);
 //! * padding pieces (tiles past the data) have no index entry and join one zero run, coded as
-//!   long deflate matches; a run followed by raw bytes lends the stored block its header;
+//!   long deflate matches; so do all-zero pieces of the data, whose entries point at the start
+//!   of the run they joined; a run followed by raw bytes lends the stored block its header;
 //! * deflated pieces are written as they come, self-contained.
 //!
 //! Runs and blocks are closed at every stripe boundary, so a stripe starts on a fresh unit.
@@ -72,8 +73,8 @@ pub struct StreamWriter<'w, W: Write + Seek> {
     data_tiles: u64,
     /// CRC-32 of each data tile's entries (combined in Hilbert order at the end).
     entry_crcs: Vec<u32>,
-    /// Raw bytes of the open stored block, its stream position, and whether a zero run
-    /// already wrote its first header byte.
+    /// Raw bytes of the open stored block, its stream position, and how many of its 5 header
+    /// bytes it still has to write (4 when a zero run's sync flush supplied the first one).
     block: Vec<u8>,
     block_start: u64,
     block_header_len: usize,
