@@ -7,7 +7,9 @@
 #   fio          4 KiB random reads, psync, 4 jobs, BENCH_FIO_SECONDS (default 20) s, cold start:
 #                IOPS and p50 / p99 completion latency
 #   loop tar     (ext4 images only) the file loop-mounted read-only from the mount, `tar cf
-#                /dev/null` of its tree, cold and warm
+#                /dev/null` of its tree, cold and warm, as the issue measured it. GNU tar does not
+#                read file contents when the archive is /dev/null: this is the inodes and
+#                directories, small reads all over the image, not the files' data.
 # One run, one table per file; ratios matter, these machines are shared and noisy.
 #
 #   scripts/bench-read.sh FILE...      (as root: drop_caches, losetup, mount)
