@@ -422,21 +422,16 @@ impl SeekableImage {
                 lo[y] = lo[y].min(x);
                 hi[y] = hi[y].max(x);
             }
-            let entries = self.piece_entries(place.row, place.column, j)?;
-            let (stripe_start, stripe_end) = self.stripe_bounds(place.row);
+            // The tile's pieces, their entries checked against the stripe as for a decode.
+            let pieces = self.piece_spans(place.row, place.column, j)?;
             let filter = u64::from(place.column == 0);
-            let row_len = 4 * side as u64 + filter;
             let mut spans = Vec::new();
             rows.clear();
             for y in (0..side).filter(|&y| lo[y] <= hi[y]) {
-                let entry = entries[y];
-                if entry & RAW_FLAG == 0 {
+                if !pieces[y].raw {
                     return Ok(false);
                 }
-                let piece = stripe_start + u64::from(entry & !RAW_FLAG);
-                if piece + row_len > stripe_end {
-                    return Err(self.entry_out_of_range(place.column, place.row));
-                }
+                let piece = pieces[y].at;
                 row_at[y] = rows.len();
                 let len = 4 * (hi[y] - lo[y] + 1);
                 rows.resize(rows.len() + len, 0);

@@ -434,7 +434,7 @@ fn encode_core<W: Write + Seek + Send>(
             plain::write_plain_pixels(
                 &mut *out,
                 data,
-                grid,
+                &tables,
                 draw_code,
                 plain_coding,
                 IDAT_CHUNK_SIZE as usize,

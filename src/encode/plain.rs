@@ -96,19 +96,20 @@ impl PlainCoding {
     }
 }
 
-/// Writes the image data of a `grid × grid` image (at most [`ZLIB_MAX_GRID`]) holding `payload` (Hilbert order, zero
-/// padded) as IDAT chunks of at most `idat_chunk_size` bytes: one zlib stream of scanlines,
-/// each filter type 0 (None). `draw_code` colours the pixels as code mode does.
+/// Writes the image data of the grid of `tables` (at most [`ZLIB_MAX_GRID`]) holding `payload`
+/// (Hilbert order, zero padded) as IDAT chunks of at most `idat_chunk_size` bytes: one zlib
+/// stream of scanlines, each filter type 0 (None). The tiles of `tables` only serve the Hilbert
+/// mapping (any tile side will do): the encoder's own. `draw_code` colours the pixels as code
+/// mode does.
 pub fn write_plain_pixels<W: Write>(
     out: &mut W,
     payload: &[u8],
-    grid: u64,
+    tables: &TileTables,
     draw_code: bool,
     coding: PlainCoding,
     idat_chunk_size: usize,
 ) -> io::Result<()> {
-    // Tiles only serve the Hilbert mapping here: a scanline is gathered tile by tile.
-    let tables = TileTables::new(grid, grid.min(256));
+    let grid = tables.grid();
     let side = tables.tile_side() as usize;
     let tile_bytes = 4 * tables.tile_pixels() as usize;
     let mut deflate = Deflate::new_with_config(DeflateConfig {
@@ -216,7 +217,8 @@ mod tests {
         // gather_row colours through code_pixel; a plain image of one pixel shows it.
         let mut png = Vec::new();
         let coding = PlainCoding::new(6, true);
-        write_plain_pixels(&mut png, &[1, 2, 3, 4], 1, true, coding, 1 << 20).unwrap();
+        let tables = TileTables::new(1, 1);
+        write_plain_pixels(&mut png, &[1, 2, 3, 4], &tables, true, coding, 1 << 20).unwrap();
         let data_len = u32::from_be_bytes(png[0..4].try_into().unwrap()) as usize;
         let mut raw = Vec::new();
         use std::io::Read;

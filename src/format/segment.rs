@@ -321,18 +321,8 @@ pub fn inflate_piece(
             return Ok(());
         }
     }
-    inflater.reset(false);
-    let status = inflater
-        .decompress(compressed, out, FlushDecompress::Sync)
-        .map_err(|e| PieceError::Inflate(e.to_string()))?;
-    let got = inflater.total_out() as usize;
-    let used = inflater.total_in() as usize;
-    if got != out.len() {
-        return Err(PieceError::WrongLength {
-            expected: out.len(),
-            got,
-        });
-    }
+    inflate_until_full(compressed, out, inflater)?;
+    let (got, used) = (out.len(), inflater.total_in() as usize);
     if used != compressed.len() {
         // The output is full; whatever remains must be nothing but an empty flush block.
         let rest = &compressed[used..];
@@ -346,8 +336,28 @@ pub fn inflate_piece(
             });
         }
     }
+    Ok(())
+}
+
+/// Inflates from the start of `compressed` until `out` is full: exactly full, and without
+/// reaching a final block (one inside a piece would end the PNG's stream early).
+fn inflate_until_full(
+    compressed: &[u8],
+    out: &mut [u8],
+    inflater: &mut Decompress,
+) -> Result<(), PieceError> {
+    inflater.reset(false);
+    let status = inflater
+        .decompress(compressed, out, FlushDecompress::Sync)
+        .map_err(|e| PieceError::Inflate(e.to_string()))?;
+    let got = inflater.total_out() as usize;
+    if got != out.len() {
+        return Err(PieceError::WrongLength {
+            expected: out.len(),
+            got,
+        });
+    }
     if status == Status::StreamEnd {
-        // A final block inside a piece would end the PNG's stream early.
         return Err(PieceError::Inflate(
             "segment ends the deflate stream".into(),
         ));
@@ -391,23 +401,7 @@ pub fn inflate_piece_prefix(
     out: &mut [u8],
     inflater: &mut Decompress,
 ) -> Result<(), PieceError> {
-    inflater.reset(false);
-    let status = inflater
-        .decompress(compressed, out, FlushDecompress::Sync)
-        .map_err(|e| PieceError::Inflate(e.to_string()))?;
-    let got = inflater.total_out() as usize;
-    if got != out.len() {
-        return Err(PieceError::WrongLength {
-            expected: out.len(),
-            got,
-        });
-    }
-    if status == Status::StreamEnd {
-        return Err(PieceError::Inflate(
-            "segment ends the deflate stream".into(),
-        ));
-    }
-    Ok(())
+    inflate_until_full(compressed, out, inflater)
 }
 
 /// Adler-32 of `a ‖ b` from adler32(a), adler32(b) and len(b) (zlib's adler32_combine).
