@@ -10,6 +10,7 @@
 #                /dev/null` of its tree, cold and warm, as the issue measured it. GNU tar does not
 #                read file contents when the archive is /dev/null: this is the inodes and
 #                directories, small reads all over the image, not the files' data.
+#   loop tar data  the same with the archive piped to `cat` (cold): the files' contents too
 # One run, one table per file; ratios matter, these machines are shared and noisy.
 #
 #   scripts/bench-read.sh FILE...      (as root: drop_caches, losetup, mount)
@@ -88,12 +89,19 @@ p = j["clat_ns"]["percentile"]
 print("%.0f %.0f %.0f" % (j["iops"], p["50.000000"] / 1000, p["99.000000"] / 1000))'
 }
 
-# loop_tar: loop-mounts $SERVED read-only, times `tar cf /dev/null` of its tree.
+# loop_tar [data]: loop-mounts $SERVED read-only, times `tar cf /dev/null` of its tree (with
+# "data": `tar cf - | cat`, which reads the files' contents too).
 loop_tar() {
     LOOPDEV=$(losetup -r -f --show "$SERVED")
     mount -t ext4 -o ro,noload "$LOOPDEV" "$LOOPMNT"
     local t0 t1
-    t0=$(now); tar cf /dev/null -C "$LOOPMNT" .; t1=$(now)
+    t0=$(now)
+    if [ "${1:-}" = data ]; then
+        tar cf - -C "$LOOPMNT" . | cat >/dev/null
+    else
+        tar cf /dev/null -C "$LOOPMNT" .
+    fi
+    t1=$(now)
     umount "$LOOPMNT"
     losetup -d "$LOOPDEV"
     LOOPDEV=
@@ -130,8 +138,8 @@ for f in "$@"; do
         is_ext4=yes
     fi
     printf '\n%s (%s bytes)\n\n' "$NAME" "$(stat -c %s "$f")"
-    printf '| way | cp cold s | cp warm s | fio 4 KiB IOPS | p50 µs | p99 µs | loop tar cold s | loop tar warm s |\n'
-    printf '|---|---|---|---|---|---|---|---|\n'
+    printf '| way | cp cold s | cp warm s | fio 4 KiB IOPS | p50 µs | p99 µs | loop tar cold s | loop tar warm s | loop tar data cold s |\n'
+    printf '|---|---|---|---|---|---|---|---|---|\n'
     for way in pixelrts sqfs-zstd sqfs-gzip kernel-zstd; do
         # cp: cold from a fresh mount and a dropped page cache, then warm.
         drop; mount_way "$way"
@@ -141,14 +149,17 @@ for f in "$@"; do
         drop; mount_way "$way"
         read -r iops p50 p99 < <(fio_run)
         unmount_way "$way"
-        tar_cold=- tar_warm=-
+        tar_cold=- tar_warm=- tar_data=-
         if [ "$is_ext4" = yes ]; then
             drop; mount_way "$way"
             tar_cold=$(loop_tar)
             tar_warm=$(loop_tar)
             unmount_way "$way"
+            drop; mount_way "$way"
+            tar_data=$(loop_tar data)
+            unmount_way "$way"
         fi
-        printf '| %s | %s | %s | %s | %s | %s | %s | %s |\n' \
-            "$way" "$cp_cold" "$cp_warm" "$iops" "$p50" "$p99" "$tar_cold" "$tar_warm"
+        printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' \
+            "$way" "$cp_cold" "$cp_warm" "$iops" "$p50" "$p99" "$tar_cold" "$tar_warm" "$tar_data"
     done
 done
