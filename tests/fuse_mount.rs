@@ -251,6 +251,29 @@ fn install_vectors(src: &Path) -> Vec<(String, PathBuf)> {
 }
 
 /// Encodes `data` with the CLI into `png` (extra CLI args allowed).
+/// Numbered lines of words, with a stretch of random bytes every so often: deflates well,
+/// except where it does not (both kinds of pieces in one payload).
+fn text_with_random_stretches(len: usize, seed: u64) -> Vec<u8> {
+    let noise = prng_bytes(len / 8 + 4096, seed);
+    let words = [
+        "pixel", "tile", "segment", "hilbert", "curve", "index", "png", "zlib",
+    ];
+    let mut out = Vec::with_capacity(len + 4096);
+    let mut line = 0usize;
+    while out.len() < len {
+        if line % 97 == 96 {
+            let at = (line * 131) % (noise.len() - 4096);
+            out.extend_from_slice(&noise[at..at + 1000 + line % 3000]);
+        } else {
+            let w = words[line % words.len()];
+            out.extend_from_slice(format!("{line:08} {w} {} {w}\n", line * 7).as_bytes());
+        }
+        line += 1;
+    }
+    out.truncate(len);
+    out
+}
+
 fn encode_into(data: &[u8], png: &Path, extra: &[&str]) {
     let tmp = tempfile::tempdir().unwrap();
     let input = tmp.path().join("input");
@@ -308,10 +331,25 @@ fn random_ranges_from_8_threads_match_the_originals() {
     )
     .unwrap();
     let plain = std::fs::read(vectors_dir().join("g_5MiB_prng.bin")).unwrap();
+    // A compressed payload (segments of 16 KiB) of text with random stretches in it.
+    let compressed = text_with_random_stretches(6 << 20, 9);
+    encode_into(
+        &compressed,
+        &m.src.join("compressed.txt.rts.png"),
+        &[
+            "--compress",
+            "zlib",
+            "--segment-size",
+            "16K",
+            "--layout",
+            "seekable",
+        ],
+    );
     m.mount_ok(&["ro", "threads=8", "cache_size=4M"]);
     let files = Arc::new(vec![
         (m.path("seekable.bin"), seekable),
         (m.path("plain"), plain),
+        (m.path("compressed.txt"), compressed),
     ]);
     let files2 = files.clone();
     timed("8 threads of random preads", WAIT, move || {
