@@ -135,10 +135,27 @@ impl AtomicOutput {
 
     /// Optionally fsyncs, then renames into place (replacing an existing file only when the
     /// caller allowed overwriting at `create`).
-    pub fn commit(mut self, fsync: bool) -> Result<()> {
+    pub fn commit(self, fsync: bool) -> Result<()> {
+        self.commit_inner(fsync, false)
+    }
+
+    /// [`commit`](Self::commit) of an encoded image: the same, with the crash points
+    /// `encode` (written, not yet fsynced) and `fsynced` (not yet renamed) of
+    /// [`crate::failpoint`].
+    pub fn commit_image(self, fsync: bool) -> Result<()> {
+        self.commit_inner(fsync, true)
+    }
+
+    fn commit_inner(mut self, fsync: bool, crash_points: bool) -> Result<()> {
+        if crash_points {
+            crate::failpoint::crash_point("encode");
+        }
         self.file.flush().at(&self.target)?;
         if fsync {
             self.file.sync_all().at(&self.target)?;
+        }
+        if crash_points {
+            crate::failpoint::crash_point("fsynced");
         }
         std::fs::rename(&self.temp, &self.target).at(&self.target)?;
         self.committed = true;
@@ -161,11 +178,73 @@ impl Drop for AtomicOutput {
     }
 }
 
-/// Writes `contents` to `path` atomically (temporary file + rename).
-pub fn write_atomically(path: &Path, contents: &[u8], overwrite: bool) -> Result<()> {
+/// Writes `contents` to `path` atomically (temporary file + rename); with `fsync`, durably
+/// (the file before the rename, its folder after).
+pub fn write_atomically(path: &Path, contents: &[u8], overwrite: bool, fsync: bool) -> Result<()> {
     let mut out = AtomicOutput::create(path, overwrite)?;
     out.file.write_all(contents).at(path)?;
-    out.commit(false)
+    out.commit(fsync)
+}
+
+/// Removes the temporary files that [`AtomicOutput`]s for `dir/name` (for any name in `dir`
+/// with None) left behind when their process died (a crash or `kill -9` during an encode):
+/// those whose process is gone, or is this one (a new process cannot have left them).
+/// Returns how many were removed.
+pub fn remove_stale_temps(dir: &Path, name: Option<&std::ffi::OsStr>) -> usize {
+    const MARK: &str = ".pixelrts-tmp.";
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(file_name) = file_name.to_str() else {
+            continue;
+        };
+        let rest = match name {
+            Some(name) => file_name.strip_prefix(&format!(".{}{MARK}", name.to_string_lossy())),
+            None => file_name
+                .starts_with('.')
+                .then(|| file_name.split_once(MARK).map(|(_, r)| r))
+                .flatten(),
+        };
+        let Some(rest) = rest else {
+            continue;
+        };
+        let Some(pid) = rest.split('.').next().and_then(|p| p.parse::<i32>().ok()) else {
+            continue;
+        };
+        if pid != std::process::id() as i32 && process_alive(pid) {
+            continue;
+        }
+        let path = entry.path();
+        match std::fs::remove_file(&path) {
+            Ok(()) => {
+                tracing::info!(
+                    "{}: temporary file of a crashed encode removed",
+                    path.display()
+                );
+                removed += 1;
+            }
+            Err(e) => tracing::warn!("{}: not removed: {e}", path.display()),
+        }
+    }
+    removed
+}
+
+/// Whether `pid` is a running process: a zombie (killed, not yet reaped by its parent) is not.
+fn process_alive(pid: i32) -> bool {
+    if pid <= 0 {
+        return false;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name, which may itself contain ") ".
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
 }
 
 /// Runs `f` on a rayon pool of `threads` workers (None: the global pool, all cores).

@@ -11,6 +11,7 @@ pub mod decode;
 pub mod doctor;
 pub mod encode;
 pub mod error;
+pub mod failpoint;
 pub mod format;
 pub mod fs;
 pub mod gpu;

@@ -344,13 +344,18 @@ fn copy_up_and_truncating_open_of_committed_entries() {
     d.release(h).unwrap();
     assert_eq!(s.decoded("c"), b"short");
 
-    // `truncate -s` with no handle open commits at once.
+    // `truncate -s` with no handle open publishes nothing: the file is pending until a handle
+    // that writes it is closed (a truncate while it is open counts as its writing).
     let attr = d.setattr(p("c"), Some(3), None, None).unwrap();
     assert_eq!(attr.size, 3);
-    assert_eq!(attr.state, EntryState::Committed { png: s.png("c") });
-    assert_eq!(s.decoded("c"), b"sho");
+    assert_eq!(attr.state, EntryState::Spooled);
+    assert_eq!(s.decoded("c"), b"short");
+    let h = handle(d.open(p("c"), true, false).unwrap());
     let attr = d.setattr(p("c"), Some(10), None, None).unwrap();
     assert_eq!(attr.size, 10);
+    assert_eq!(s.decoded("c"), b"short");
+    d.flush(h).unwrap();
+    d.release(h).unwrap();
     assert_eq!(s.decoded("c"), b"sho\0\0\0\0\0\0\0");
 }
 
@@ -659,27 +664,48 @@ fn reopen_picks_up_pending_spool_files() {
     assert_eq!(d.getattr(p("empty")).unwrap_err().errno(), libc::ENOENT);
     assert_eq!(names(&s.spool.join("tmp")), Vec::<String>::new());
 
-    let mut results = d.commit_pending();
-    results.sort_by(|a, b| a.0.cmp(&b.0));
+    // Never closed: pending, never published on their own.
+    assert!(d.commit_pending().is_empty());
+    assert!(!s.png("sub/pending").exists());
+    assert!(!s.png("corrupt-meta").exists());
+    drop(d);
+
+    // A close reached and recorded, the encode not finished (the mount died during it): the
+    // record is what a flush writes before encoding.
+    fs::write(
+        s.spool.join("meta/sub/pending.json"),
+        br#"{"xattrs":{"type":"disk"},"closed":true}"#,
+    )
+    .unwrap();
+    let d = s.open();
+    let results = d.commit_pending();
     let paths: Vec<_> = results.iter().map(|r| r.0.clone()).collect();
-    assert_eq!(
-        paths,
-        vec![PathBuf::from("corrupt-meta"), PathBuf::from("sub/pending")]
-    );
+    assert_eq!(paths, vec![PathBuf::from("sub/pending")]);
     for (path, r) in &results {
         assert!(r.is_ok(), "{}: {:?}", path.display(), r);
     }
+    assert!(!s.png("corrupt-meta").exists());
     assert_eq!(s.decoded("sub/pending"), data);
     let meta = s.metadata("sub/pending");
     assert_eq!(meta["type"], "disk");
     assert_eq!(meta["file_mode"], 0o604);
-    assert_eq!(s.decoded("corrupt-meta"), b"still here");
     assert!(!s.spool.join("data/sub/pending").exists());
     assert!(d.commit_pending().is_empty());
     assert!(matches!(
         d.getattr(p("sub/pending")).unwrap().state,
         EntryState::Committed { .. }
     ));
+    // A pending file is published by a handle that writes it, and by nothing less: a
+    // read-write open closed without a change publishes nothing.
+    let h = handle(d.open(p("corrupt-meta"), true, false).unwrap());
+    d.flush(h).unwrap();
+    d.release(h).unwrap();
+    assert!(!s.png("corrupt-meta").exists());
+    let h = handle(d.open(p("corrupt-meta"), true, false).unwrap());
+    d.write(h, 10, b"!").unwrap();
+    d.flush(h).unwrap();
+    d.release(h).unwrap();
+    assert_eq!(s.decoded("corrupt-meta"), b"still here!");
     // A new mount no longer lists committed entries.
     drop(d);
     let d = s.open();

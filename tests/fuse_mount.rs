@@ -1361,3 +1361,171 @@ fn an_ext4_image_loop_mounts_through_the_mount() {
         drop(lm);
     }
 }
+
+impl Mounted {
+    /// Mounts with extra environment for the mount process (crash points).
+    fn mount_ok_env(&self, opts: &[&str], env: &[(&str, &str)]) {
+        let mut c = Command::new(bin());
+        c.args(self.mount_args(opts)).envs(env.iter().copied());
+        let out = run_limited(c, WAIT);
+        assert!(out.status.success(), "mount failed: {}", describe(&out));
+        assert!(is_mounted(&self.mp));
+    }
+
+    /// After the mount process died: waits for it to be gone, detaches its mount.
+    fn clean_up_dead_mount(&self) {
+        let pids = mount_pids(&self.mp);
+        assert!(
+            wait_until(WAIT, || pids.iter().all(|&p| !alive(p))),
+            "the mount did not stop at its crash point"
+        );
+        let _ = Command::new("fusermount3")
+            .args(["-u", "-z", "-q"])
+            .arg(&self.mp)
+            .status();
+        assert!(wait_until(Duration::from_secs(10), || !is_mounted(
+            &self.mp
+        )));
+    }
+}
+
+/// Every path under `dir` whose name marks a temporary file of an encode.
+fn temp_litter(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(temp_litter(&p));
+        } else if e.file_name().to_string_lossy().contains(".pixelrts-tmp.") {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Crash-point test: the mount kills itself (SIGKILL, `PIXELRTS_CRASH_AT`) at each step of
+/// writing and encoding a file in `encode/`; the next mount must find the file either
+/// published whole (in the view, every byte) or pending in `encode/` with every byte the
+/// writer's acknowledged writes put there — never published truncated, never lost — and no
+/// temporary file in SOURCE.
+#[test]
+fn every_crash_point_leaves_the_file_published_whole_or_pending() {
+    const CHUNK: usize = 64 << 10;
+    let data = prng_bytes(4 * CHUNK, 21);
+    // (crash point, whether the next mount must have published the file)
+    let points = [
+        ("write:3", false),
+        ("flush", false),
+        ("closed", true),
+        ("encode", true),
+        ("fsynced", true),
+        ("renamed", true),
+        ("cleaned", true),
+    ];
+    for (point, published_expected) in points {
+        let m = Mounted::unmounted();
+        m.mount_ok_env(&[], &[("PIXELRTS_CRASH_AT", point)]);
+        let target = m.path("encode/f.bin");
+        let chunks = data.clone();
+        // Acknowledged bytes: whole chunks whose write(2) returned.
+        let acked = timed(point, WAIT, move || {
+            use std::io::Write;
+            let mut acked = 0;
+            let Ok(mut f) = File::create(&target) else {
+                return acked;
+            };
+            for c in chunks.chunks(CHUNK) {
+                if f.write_all(c).is_err() {
+                    return acked;
+                }
+                acked += c.len();
+            }
+            drop(f); // the close: flush, then the encode
+            acked
+        });
+        m.clean_up_dead_mount();
+        let litter = temp_litter(&m.src);
+        m.mount_ok(&[]);
+        assert!(
+            temp_litter(&m.src).is_empty(),
+            "{point}: temporary files left in SOURCE after the next mount (before it: {litter:?})"
+        );
+        let published = m.src.join("f.bin.rts.png").exists();
+        assert_eq!(published, published_expected, "{point}: published?");
+        if published {
+            assert!(
+                std::fs::read(m.path("f.bin")).unwrap() == data,
+                "{point}: published with other bytes than were written"
+            );
+        } else {
+            assert!(
+                !m.path("f.bin").exists(),
+                "{point}: in the view unpublished"
+            );
+            let pending = std::fs::read(m.path("encode/f.bin"))
+                .unwrap_or_else(|e| panic!("{point}: not pending either: {e}"));
+            assert!(
+                pending.len() >= acked && data.starts_with(&pending),
+                "{point}: pending with {} bytes, {acked} acknowledged, or other bytes",
+                pending.len()
+            );
+            // Pending files are never published on their own, not even by this mount.
+            m.unmount();
+            m.mount_ok(&[]);
+            assert!(
+                !m.src.join("f.bin.rts.png").exists(),
+                "{point}: published later"
+            );
+            assert!(m.path("encode/f.bin").exists(), "{point}: lost");
+        }
+        m.unmount();
+    }
+}
+
+/// Regression (issue 13): `dd` publishes nothing before its close — not after its
+/// `ftruncate`, not while it writes — and a `truncate -s` without a handle publishes nothing.
+#[test]
+fn nothing_is_published_before_the_writers_close() {
+    let m = Mounted::new(&[]);
+    let png = m.src.join("y.bin.rts.png");
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(m.path("encode/y.bin"))
+        .unwrap();
+    f.set_len(0).unwrap();
+    assert!(!png.exists(), "published after ftruncate");
+    f.write_all_at(b"first half ", 0).unwrap();
+    assert!(!png.exists(), "published while being written");
+    f.write_all_at(b"second half", 11).unwrap();
+    drop(f);
+    assert!(png.exists(), "not published by its close");
+    assert_eq!(
+        std::fs::read(m.path("y.bin")).unwrap(),
+        b"first half second half"
+    );
+    // truncate(2) on the path: no handle, no close, nothing published (pending).
+    let path = std::ffi::CString::new(m.path("encode/y.bin").into_os_string().into_encoded_bytes())
+        .unwrap();
+    // SAFETY: a valid C string.
+    assert_eq!(unsafe { libc::truncate(path.as_ptr(), 5) }, 0);
+    assert_eq!(std::fs::read(m.path("encode/y.bin")).unwrap(), b"first");
+    assert_eq!(
+        std::fs::read(m.path("y.bin")).unwrap(),
+        b"first half second half",
+        "a truncate without a close published"
+    );
+    // `truncate -s` (open, ftruncate, close) is a writer: its close publishes.
+    let out = run_limited(
+        {
+            let mut c = Command::new("truncate");
+            c.args(["-s", "3"]).arg(m.path("encode/y.bin"));
+            c
+        },
+        WAIT,
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(std::fs::read(m.path("y.bin")).unwrap(), b"fir");
+    m.unmount();
+}

@@ -180,9 +180,14 @@ pub fn encode_file(
     };
     if opts.sidecar {
         let sidecar = metadata::sidecar_path(output);
-        crate::io_util::write_atomically(&sidecar, metadata::sidecar_text(&meta).as_bytes(), true)?;
+        crate::io_util::write_atomically(
+            &sidecar,
+            metadata::sidecar_text(&meta).as_bytes(),
+            true,
+            opts.fsync,
+        )?;
     }
-    out.commit(opts.fsync)?;
+    out.commit_image(opts.fsync)?;
     Ok(meta)
 }
 

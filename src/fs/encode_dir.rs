@@ -239,12 +239,19 @@ struct FileState {
     handles: usize,
     /// Unlinked or replaced: the name (and the spool path) may belong to another entry now.
     detached: bool,
+    /// A close of a handle that wrote the bytes now in the spool was reached, and recorded
+    /// durably in the spool's meta file: the bytes are complete and must be published, by
+    /// this mount or (after a crash) the next. Cleared, durably, before the next change.
+    closed: bool,
 }
 
 struct Handle {
     node: Arc<FileNode>,
     file: File,
     write: bool,
+    /// This handle created, truncated or wrote the file (or the file was truncated while it
+    /// was open): its close publishes.
+    wrote: std::sync::atomic::AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -361,6 +368,8 @@ impl EncodeDir {
             next_handle: AtomicU64::new(1),
             next_tmp: AtomicU64::new(0),
         };
+        // A crash while a meta file was rewritten leaves its temporary file beside it.
+        dir.remove_stale_meta_temps(&dir.meta);
         let root = DirInfo {
             mode: 0o755,
             mtime: SystemTime::now(),
@@ -370,6 +379,15 @@ impl EncodeDir {
         dir.scan_pending(Path::new(""), &mut nodes)?;
         lock(&dir.tree).nodes = nodes;
         Ok(dir)
+    }
+
+    fn remove_stale_meta_temps(&self, dir: &Path) {
+        crate::io_util::remove_stale_temps(dir, None);
+        for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                self.remove_stale_meta_temps(&entry.path());
+            }
+        }
     }
 
     fn meta_path(&self, rel: &Path) -> PathBuf {
@@ -581,9 +599,17 @@ impl EncodeDir {
             .is_some_and(|(k, _)| k.starts_with(rel))
     }
 
-    fn register(&self, node: Arc<FileNode>, file: File, write: bool) -> u64 {
+    fn register(&self, node: Arc<FileNode>, file: File, write: bool, wrote: bool) -> u64 {
         let h = self.next_handle.fetch_add(1, Ordering::Relaxed);
-        lock(&self.handles).insert(h, Arc::new(Handle { node, file, write }));
+        lock(&self.handles).insert(
+            h,
+            Arc::new(Handle {
+                node,
+                file,
+                write,
+                wrote: std::sync::atomic::AtomicBool::new(wrote),
+            }),
+        );
         h
     }
 
@@ -631,13 +657,15 @@ impl EncodeDir {
                 xattrs: Map::new(),
                 handles: 1,
                 detached: false,
+                closed: false,
             }),
         });
         tree.nodes.insert(rel.clone(), Node::File(node.clone()));
         Self::touch_parent(&mut tree, &rel);
         drop(tree);
         let attr = self.file_attr(&lock(&node.state))?;
-        Ok((self.register(node, file, true), attr))
+        // Creating is writing: `touch` publishes an empty file at its close.
+        Ok((self.register(node, file, true, true), attr))
     }
 
     pub fn open(&self, rel: &Path, write: bool, truncate: bool) -> Result<Opened> {
@@ -664,6 +692,9 @@ impl EncodeDir {
             st = lock(&node.state);
         }
         let path = self.data.join(&st.rel);
+        if write && truncate {
+            self.reopen(&mut st)?;
+        }
         let opened = OpenOptions::new()
             .read(true)
             .write(write)
@@ -686,7 +717,12 @@ impl EncodeDir {
         }
         st.handles += 1;
         drop(st);
-        Ok(Opened::Handle(self.register(node.clone(), file, write)))
+        Ok(Opened::Handle(self.register(
+            node.clone(),
+            file,
+            write,
+            write && truncate,
+        )))
     }
 
     pub fn read(&self, h: u64, offset: u64, buf: &mut [u8]) -> Result<usize> {
@@ -724,6 +760,14 @@ impl EncodeDir {
             return Err(errno(&lock(&handle.node.state).rel, libc::EFBIG));
         }
         let _io = lock(&handle.node.io);
+        {
+            let mut st = lock(&handle.node.state);
+            if !st.detached {
+                self.reopen(&mut st)?;
+            }
+        }
+        handle.wrote.store(true, Ordering::Relaxed);
+        crate::failpoint::crash_point("write");
         let written = handle.file.write_all_at(data, offset);
         let mut st = lock(&handle.node.state);
         // Even a failed write may have changed some bytes: the entry needs encoding again.
@@ -734,12 +778,40 @@ impl EncodeDir {
         Ok(data.len())
     }
 
+    /// A close: publishes the entry if this handle wrote it (see "Commit" in the module doc).
     pub fn flush(&self, h: u64) -> Result<()> {
         let handle = self.handle(h)?;
-        if !handle.write {
+        if !handle.write || !handle.wrote.load(Ordering::Relaxed) {
             return Ok(());
         }
+        crate::failpoint::crash_point("flush");
+        {
+            let _io = lock(&handle.node.io);
+            let mut st = lock(&handle.node.state);
+            if st.dirty && !st.detached && !st.closed {
+                // The bytes first, then the record that they are complete.
+                handle.file.sync_all().at(&st.rel)?;
+                self.store_meta(&st.rel, &st.xattrs.clone(), true)?;
+                st.closed = true;
+            } else if !st.closed {
+                // Published by another handle's close already, or unlinked.
+                return Ok(());
+            }
+            // Recorded already: an earlier encode failed (ENOSPC…); try it again.
+        }
+        crate::failpoint::crash_point("closed");
         self.commit(&handle.node)
+    }
+
+    /// Before the first change after a recorded close: the record goes, durably, so a crash
+    /// during the change leaves the entry pending instead of publishing a mix of old and new
+    /// bytes at the next mount. The caller holds the entry's io lock.
+    fn reopen(&self, st: &mut FileState) -> Result<()> {
+        if st.closed {
+            self.store_meta(&st.rel, &st.xattrs.clone(), false)?;
+            st.closed = false;
+        }
+        Ok(())
     }
 
     /// Makes the spool bytes durable (not an encode: that is flush's job).
@@ -811,6 +883,7 @@ impl EncodeDir {
                 self.spool_up(&node, size == 0)?;
                 st = lock(&node.state);
             }
+            self.reopen(&mut st)?;
             let path = self.data.join(&st.rel);
             let truncated = OpenOptions::new()
                 .write(true)
@@ -821,10 +894,21 @@ impl EncodeDir {
                 return Err(Error::io(&path, e));
             }
             st.dirty = true;
+            // A truncate while handles are open (`ftruncate`, or `truncate` beside a writer)
+            // is published by their close; without one it stays pending (publishing a
+            // truncated file on its own is what this module must never do).
+            for h in lock(&self.handles).values() {
+                if h.write && Arc::ptr_eq(&h.node, &node) {
+                    h.wrote.store(true, Ordering::Relaxed);
+                }
+            }
         }
         let committed = !st.dirty && st.png.is_some();
-        if st.spool {
-            apply_attributes(&self.data.join(&st.rel), mode, mtime)?;
+        if st.spool && (mode.is_some() || mtime.is_some()) {
+            let path = self.data.join(&st.rel);
+            apply_attributes(&path, mode, mtime)?;
+            // The spool's records survive a crash: mode and times are the spool file's own.
+            File::open(&path).and_then(|f| f.sync_all()).at(&path)?;
         }
         if committed && (mode.is_some() || mtime.is_some()) {
             // Not under the state lock: the rewrite copies the whole PNG. The io lock we hold
@@ -841,13 +925,8 @@ impl EncodeDir {
                 st.mtime = t;
             }
         }
-        let commit_now = size.is_some() && st.handles == 0;
         drop(st);
         drop(io_guard);
-        if commit_now {
-            // No handle is open, so no flush will come for this change (`truncate -s`).
-            self.commit(&node)?;
-        }
         let st = lock(&node.state);
         self.file_attr(&st)
     }

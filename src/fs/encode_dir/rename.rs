@@ -154,6 +154,12 @@ impl EncodeDir {
             }
             return Err(e);
         }
+        // Durable, like the rename of a local file after fsync of its folders.
+        for p in [self.data.join(from), self.data.join(to), self.meta_path(to)] {
+            if let Some(parent) = p.parent() {
+                sync_dir(parent);
+            }
+        }
         if let Some(p) = new_png {
             st.png = Some(p);
         }

@@ -103,7 +103,13 @@ impl EncodeDir {
                     let _ = fs::remove_dir(&path);
                 }
             } else if meta.is_file() {
-                let xattrs = self.load_meta(&rel);
+                let (xattrs, closed) = self.load_meta(&rel);
+                // An encode this pending file's commit had started when the last mount died
+                // left its temporary PNG beside the target.
+                let png = self.png_path(&rel);
+                if let (Some(dir), Some(name)) = (png.parent(), png.file_name()) {
+                    crate::io_util::remove_stale_temps(dir, Some(name));
+                }
                 nodes.insert(
                     rel.clone(),
                     Node::File(Arc::new(FileNode {
@@ -119,6 +125,7 @@ impl EncodeDir {
                             xattrs,
                             handles: 0,
                             detached: false,
+                            closed,
                         }),
                     })),
                 );
@@ -133,44 +140,63 @@ impl EncodeDir {
         Ok(any)
     }
 
-    /// The user keys stored for `rel`; a missing file means none, a corrupt one is reported
-    /// and ignored (the data itself is what must not be lost).
-    pub(super) fn load_meta(&self, rel: &Path) -> Map<String, Value> {
+    /// The user keys stored for `rel` and whether its close was recorded; a missing file
+    /// means neither, a corrupt one is reported and counts as neither (the entry stays
+    /// pending: the data itself is what must not be lost, nor published unfinished).
+    pub(super) fn load_meta(&self, rel: &Path) -> (Map<String, Value>, bool) {
         let path = self.meta_path(rel);
         let bytes = match fs::read(&path) {
             Ok(b) => b,
-            Err(e) if is_not_found(&e) => return Map::new(),
+            Err(e) if is_not_found(&e) => return (Map::new(), false),
             Err(e) => {
                 tracing::warn!("{}: {e}; its xattrs are ignored", path.display());
-                return Map::new();
+                return (Map::new(), false);
             }
         };
-        let parsed: Option<Map<String, Value>> = serde_json::from_slice::<Value>(&bytes)
-            .ok()
-            .and_then(|v| match v.get("xattrs") {
-                Some(Value::Object(m)) if m.values().all(Value::is_string) => Some(m.clone()),
-                _ => None,
-            });
+        let parsed = serde_json::from_slice::<Value>(&bytes).ok().and_then(|v| {
+            let xattrs = match v.get("xattrs") {
+                None => Map::new(),
+                Some(Value::Object(m)) if m.values().all(Value::is_string) => m.clone(),
+                _ => return None,
+            };
+            let closed = match v.get("closed") {
+                None => false,
+                Some(Value::Bool(b)) => *b,
+                _ => return None,
+            };
+            Some((xattrs, closed))
+        });
         parsed.unwrap_or_else(|| {
             tracing::warn!(
-                "{}: corrupt spool metadata, its xattrs are ignored (the data is kept)",
+                "{}: corrupt spool metadata, its xattrs are ignored and the file stays pending \
+                 (the data is kept)",
                 path.display()
             );
-            Map::new()
+            (Map::new(), false)
         })
     }
 
-    /// Writes (or, with no keys, removes) `SPOOL/meta/<rel>.json`.
-    pub(super) fn store_meta(&self, rel: &Path, xattrs: &Map<String, Value>) -> Result<()> {
+    /// Writes `SPOOL/meta/<rel>.json` durably (or, with no keys and no recorded close,
+    /// removes it).
+    pub(super) fn store_meta(
+        &self,
+        rel: &Path,
+        xattrs: &Map<String, Value>,
+        closed: bool,
+    ) -> Result<()> {
         let path = self.meta_path(rel);
-        if xattrs.is_empty() {
-            return remove_if_exists(&path);
+        if xattrs.is_empty() && !closed {
+            remove_if_exists(&path)?;
+            if let Some(parent) = path.parent() {
+                sync_dir(parent);
+            }
+            return Ok(());
         }
         if let Some(parent) = path.parent() {
             fs::create_dir_all(parent).at(parent)?;
         }
-        let text = serde_json::json!({ "xattrs": xattrs }).to_string();
-        crate::io_util::write_atomically(&path, text.as_bytes(), true)
+        let text = serde_json::json!({ "xattrs": xattrs, "closed": closed }).to_string();
+        crate::io_util::write_atomically(&path, text.as_bytes(), true, true)
     }
 
     /// Deletes the spool data and meta of an entry (both may already be gone).
@@ -179,14 +205,22 @@ impl EncodeDir {
         remove_if_exists(&self.meta_path(rel))
     }
 
-    /// Encodes every Spooled entry (pending files from an earlier mount included). Failures are
+    /// Encodes every Spooled entry whose close was recorded but whose encode did not finish
+    /// (an earlier mount died in between). Entries never closed stay pending. Failures are
     /// returned per path and the entries stay Spooled.
     pub fn commit_pending(&self) -> Vec<(PathBuf, Result<()>)> {
         let files: Vec<(PathBuf, Arc<FileNode>)> = lock(&self.tree)
             .nodes
             .iter()
             .filter_map(|(rel, n)| match n {
-                Node::File(f) if lock(&f.state).dirty => Some((rel.clone(), f.clone())),
+                Node::File(f)
+                    if {
+                        let st = lock(&f.state);
+                        st.dirty && st.closed
+                    } =>
+                {
+                    Some((rel.clone(), f.clone()))
+                }
                 _ => None,
             })
             .collect();
@@ -245,6 +279,7 @@ impl EncodeDir {
                 sync_dir(d);
             }
         }
+        crate::failpoint::crash_point("renamed");
         let m = input.metadata().at(&self.data.join(&rel))?;
 
         let _tree = lock(&self.tree);
@@ -284,6 +319,8 @@ impl EncodeDir {
             tracing::warn!("{}: spool copy not removed: {e}", st.rel.display());
         }
         st.spool = false;
+        st.closed = false;
+        crate::failpoint::crash_point("cleaned");
     }
 
     /// Gives a Committed entry with no spool file a new one: empty, or a copy-up of its bytes.
@@ -332,7 +369,7 @@ impl EncodeDir {
         let path = self.data.join(&st.rel);
         let placed = (|| -> Result<()> {
             // Meta first, so no pending file is ever seen without its keys.
-            self.store_meta(&st.rel, &xattrs)?;
+            self.store_meta(&st.rel, &xattrs, false)?;
             if let Some(parent) = path.parent() {
                 fs::create_dir_all(parent).at(parent)?;
             }
@@ -340,7 +377,7 @@ impl EncodeDir {
         })();
         if let Err(e) = placed {
             let _ = fs::remove_file(&tmp);
-            let _ = self.store_meta(&st.rel, &Map::new());
+            let _ = self.store_meta(&st.rel, &Map::new(), false);
             return Err(e);
         }
         if let Some(parent) = path.parent() {

@@ -50,7 +50,7 @@ impl EncodeDir {
         }
         let mut xattrs = st.xattrs.clone();
         xattrs.insert(key.to_string(), Value::String(text.to_string()));
-        self.store_meta(&st.rel, &xattrs)?;
+        self.store_meta(&st.rel, &xattrs, st.closed)?;
         st.xattrs = xattrs;
         Ok(())
     }
@@ -143,7 +143,7 @@ impl EncodeDir {
         }
         let mut xattrs = st.xattrs.clone();
         xattrs.remove(key);
-        self.store_meta(&st.rel, &xattrs)?;
+        self.store_meta(&st.rel, &xattrs, st.closed)?;
         st.xattrs = xattrs;
         Ok(())
     }
