@@ -1529,3 +1529,138 @@ fn nothing_is_published_before_the_writers_close() {
     assert_eq!(std::fs::read(m.path("y.bin")).unwrap(), b"fir");
     m.unmount();
 }
+
+/// The conformance tools `.ci/run` installs (`cargo install pjdfstest fsx`).
+fn conformance_tool(name: &str) -> PathBuf {
+    let cargo_bin = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .map(|c| c.join("bin").join(name));
+    if let Some(p) = cargo_bin.filter(|p| p.exists()) {
+        return p;
+    }
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
+    found.unwrap_or_else(|| {
+        panic!("{name} is not installed: run .ci/run, or `cargo install {name}` (pjdfstest needs libacl1-dev)")
+    })
+}
+
+fn conformance_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/conformance")
+}
+
+/// pjdfstest (the Rust port) inside `encode/`, mounted as a shared mount would be
+/// (`allow_other`), with its two unprivileged users; every failing case must be listed, with
+/// its reason, in `tests/conformance/pjdfstest-expected-failures.txt`, and every listed case
+/// must still fail (a fixed one is removed from the list).
+#[test]
+fn pjdfstest_in_the_encode_dir_fails_only_the_documented_cases() {
+    let pjdfstest = conformance_tool("pjdfstest");
+    let m = Mounted::new(&["allow_other"]);
+    // The unprivileged users must reach the test folder.
+    let mut perms = std::fs::metadata(m._tmp.path()).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(m._tmp.path(), perms).unwrap();
+    // Its report (with a backtrace per failure) goes to a file: more than a pipe holds.
+    let report_dir = tempfile::tempdir().unwrap();
+    let report = report_dir.path().join("pjdfstest.txt");
+    let mut c = Command::new(pjdfstest);
+    c.arg("-c")
+        .arg(conformance_dir().join("pjdfstest.toml"))
+        .arg("-p")
+        .arg(m.path("encode"))
+        .current_dir(m.path("encode"))
+        .stdin(Stdio::null())
+        .stdout(File::create(&report).unwrap())
+        .stderr(File::create(report_dir.path().join("stderr.txt")).unwrap());
+    let child = c.spawn().expect("cannot run pjdfstest");
+    let out = wait_output(child, Duration::from_secs(600), "pjdfstest");
+    let text = std::fs::read_to_string(&report).unwrap()
+        + &std::fs::read_to_string(report_dir.path().join("stderr.txt")).unwrap();
+    let mut passed = 0;
+    let mut failed = std::collections::BTreeSet::new();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        match (words.next(), words.next(), words.next()) {
+            (Some(name), Some("ok"), None) if name.contains("::") => passed += 1,
+            (Some(name), Some("FAILED"), None) if name.contains("::") => {
+                failed.insert(name.to_string());
+            }
+            _ => {}
+        }
+    }
+    assert!(
+        passed > 50,
+        "pjdfstest did not run ({passed} passed): {}",
+        describe(&out)
+    );
+    let expected: std::collections::BTreeSet<String> =
+        std::fs::read_to_string(conformance_dir().join("pjdfstest-expected-failures.txt"))
+            .unwrap()
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(String::from)
+            .collect();
+    let new: Vec<_> = failed.difference(&expected).collect();
+    let fixed: Vec<_> = expected.difference(&failed).collect();
+    let details = |names: &[&String]| {
+        names
+            .iter()
+            .map(|n| {
+                let at = text.find(n.as_str()).unwrap_or(0);
+                text[at..].lines().take(2).collect::<Vec<_>>().join(" ")
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert!(
+        new.is_empty(),
+        "{} pjdfstest cases fail that are not expected to:\n{}",
+        new.len(),
+        details(&new)
+    );
+    assert!(
+        fixed.is_empty(),
+        "{} cases listed as expected failures pass now; remove them from the list: {fixed:?}",
+        fixed.len()
+    );
+    eprintln!(
+        "pjdfstest in encode/: {passed} ok, {} expected failures",
+        failed.len()
+    );
+}
+
+/// fsx with every operation the mount supports, mmap reads and writes included, 3 seeds of
+/// 10,000 operations each in `encode/`; after each run the published image decodes to
+/// exactly what fsx left in the file.
+#[test]
+fn fsx_in_the_encode_dir_with_mmap() {
+    let fsx = conformance_tool("fsx");
+    let m = Mounted::new(&[]);
+    for seed in 1..=3 {
+        let name = format!("fsx{seed}.bin");
+        let artifacts = tempfile::tempdir().unwrap();
+        let mut c = Command::new(&fsx);
+        c.args(["-N", "10000", "-S", &seed.to_string(), "-q", "-f"])
+            .arg(conformance_dir().join("fsx.toml"))
+            .arg("-P")
+            .arg(artifacts.path())
+            .arg(m.path(&format!("encode/{name}")));
+        let out = run_limited(c, Duration::from_secs(600));
+        assert!(out.status.success(), "fsx seed {seed}: {}", describe(&out));
+        let written = std::fs::read(m.path(&format!("encode/{name}"))).unwrap();
+        let published = std::fs::read(m.path(&name)).unwrap();
+        assert!(
+            written == published,
+            "fsx seed {seed}: the image holds {} bytes, the file {} (or other bytes)",
+            published.len(),
+            written.len()
+        );
+    }
+}

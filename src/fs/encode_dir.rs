@@ -814,6 +814,26 @@ impl EncodeDir {
         Ok(())
     }
 
+    /// The attributes of the file a handle has open (`fstat`), and whether it was unlinked
+    /// (or replaced) since: its bytes are the handle's spool file either way.
+    pub fn handle_attr(&self, h: u64) -> Result<(EntryAttr, bool)> {
+        let handle = self.handle(h)?;
+        let st = lock(&handle.node.state);
+        let m = handle.file.metadata().at(&st.rel)?;
+        let state = match (&st.png, st.dirty) {
+            (Some(png), false) => EntryState::Committed { png: png.clone() },
+            _ => EntryState::Spooled,
+        };
+        let attr = EntryAttr {
+            kind: EntryKind::File,
+            size: m.len(),
+            mode: m.mode() & 0o7777,
+            mtime: m.modified().unwrap_or_else(|_| SystemTime::now()),
+            state,
+        };
+        Ok((attr, st.detached))
+    }
+
     /// Makes the spool bytes durable (not an encode: that is flush's job).
     pub fn fsync(&self, h: u64) -> Result<()> {
         let handle = self.handle(h)?;

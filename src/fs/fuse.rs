@@ -162,8 +162,8 @@ fn join_rev(names: &[&OsStr]) -> PathBuf {
 enum Handle {
     /// A decoded file (from the view or a committed encode entry).
     Reader { reader: Arc<Reader> },
-    /// An encode directory handle.
-    Encode { h: u64, rel: PathBuf },
+    /// An encode directory handle, of inode `ino`.
+    Encode { h: u64, rel: PathBuf, ino: u64 },
     /// A directory listing, snapshotted at opendir so offsets stay stable.
     Dir { items: Vec<DirItem> },
 }
@@ -400,9 +400,25 @@ impl PixelFs {
         }
     }
 
+    /// Attributes of an encode-directory inode that has no name any more but is still open.
+    fn unlinked_attr(&self, ino: u64) -> Option<FileAttr> {
+        let h = lock(&self.handles)
+            .values()
+            .find_map(|handle| match handle {
+                Handle::Encode { h, ino: i, .. } if *i == ino => Some(*h),
+                _ => None,
+            })?;
+        let (a, unlinked) = self.encode_dir()?.handle_attr(h).ok()?;
+        let mut attr = self.encode_attr(ino, &a);
+        if unlinked {
+            attr.nlink = 0;
+        }
+        Some(attr)
+    }
+
     fn encode_handle(&self, fh: u64) -> Option<(u64, PathBuf)> {
         match lock(&self.handles).get(&fh) {
-            Some(Handle::Encode { h, rel }) => Some((*h, rel.clone())),
+            Some(Handle::Encode { h, rel, .. }) => Some((*h, rel.clone())),
             _ => None,
         }
     }
@@ -586,7 +602,7 @@ impl PixelFs {
                 let truncate = flags.0 & libc::O_TRUNC != 0;
                 match d.open(&rel, write, truncate) {
                     Ok(Opened::Handle(h)) => Ok((
-                        self.new_handle(Handle::Encode { h, rel }),
+                        self.new_handle(Handle::Encode { h, rel, ino }),
                         FopenFlags::empty(),
                     )),
                     Ok(Opened::Committed(png)) => self.open_reader(&png),
@@ -658,7 +674,11 @@ impl PixelFs {
         match d.create(&rel, perm) {
             Ok((h, a)) => {
                 let fa = self.register_encode(parent, name, &a);
-                let fh = self.new_handle(Handle::Encode { h, rel });
+                let fh = self.new_handle(Handle::Encode {
+                    h,
+                    rel,
+                    ino: fa.ino.0,
+                });
                 Ok((fa, fh, FopenFlags::empty()))
             }
             // Lost a race with another creator: without O_EXCL, open what is there.
@@ -752,6 +772,12 @@ impl Filesystem for PixelFs {
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.getattr_ino(ino.0) {
             Ok(a) => reply.attr(&TTL, &a),
+            // `fstat` of an encode-directory file unlinked while open (the kernel asks by
+            // inode): its handle still has the bytes, with a link count of 0.
+            Err(e) if e == Errno::ENOENT => match self.unlinked_attr(ino.0) {
+                Some(a) => reply.attr(&TTL, &a),
+                None => reply.error(e),
+            },
             Err(e) => reply.error(e),
         }
     }
@@ -1029,7 +1055,7 @@ impl Filesystem for PixelFs {
         reply: ReplyEmpty,
     ) {
         let handle = lock(&self.handles).remove(&fh.0);
-        if let (Some(Handle::Encode { h, rel }), Some(d)) = (handle, self.encode_dir()) {
+        if let (Some(Handle::Encode { h, rel, .. }), Some(d)) = (handle, self.encode_dir()) {
             if let Err(e) = d.release(h) {
                 // release cannot report to anyone; flush already did.
                 self.fail("release", &rel, &e);
