@@ -171,6 +171,8 @@ pub struct EntryAttr {
     /// Permission bits (`& 0o7777`).
     pub mode: u32,
     pub mtime: SystemTime,
+    /// Last change of the data or the attributes.
+    pub ctime: SystemTime,
     pub state: EntryState,
 }
 
@@ -214,6 +216,7 @@ enum Node {
 struct DirInfo {
     mode: u32,
     mtime: SystemTime,
+    ctime: SystemTime,
 }
 
 struct FileNode {
@@ -234,6 +237,7 @@ struct FileState {
     size: u64,
     mode: u32,
     mtime: SystemTime,
+    ctime: SystemTime,
     /// User metadata keys (without the `user.pixelrts.` prefix), string values.
     xattrs: Map<String, Value>,
     handles: usize,
@@ -279,6 +283,18 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     let mut s = path.as_os_str().to_os_string();
     s.push(suffix);
     PathBuf::from(s)
+}
+
+/// A file's ctime as a `SystemTime` (std has no accessor for it).
+fn change_time(m: &fs::Metadata) -> SystemTime {
+    let secs = m.ctime();
+    let nanos = m.ctime_nsec().clamp(0, 999_999_999) as u32;
+    if secs >= 0 {
+        SystemTime::UNIX_EPOCH + std::time::Duration::new(secs as u64, nanos)
+    } else {
+        SystemTime::UNIX_EPOCH - std::time::Duration::new(secs.unsigned_abs(), 0)
+            + std::time::Duration::new(0, nanos)
+    }
 }
 
 fn set_mtime(path: &Path, mtime: SystemTime) -> Result<()> {
@@ -370,9 +386,11 @@ impl EncodeDir {
         };
         // A crash while a meta file was rewritten leaves its temporary file beside it.
         dir.remove_stale_meta_temps(&dir.meta);
+        let now = SystemTime::now();
         let root = DirInfo {
             mode: 0o755,
-            mtime: SystemTime::now(),
+            mtime: now,
+            ctime: now,
         };
         let mut nodes = BTreeMap::new();
         nodes.insert(PathBuf::new(), Node::Dir(root));
@@ -468,6 +486,7 @@ impl EncodeDir {
     fn touch_parent(tree: &mut Tree, rel: &Path) {
         if let Some(Node::Dir(d)) = rel.parent().and_then(|p| tree.nodes.get_mut(p)) {
             d.mtime = SystemTime::now();
+            d.ctime = d.mtime;
         }
     }
 
@@ -484,6 +503,7 @@ impl EncodeDir {
                 size: m.len(),
                 mode: m.mode() & 0o7777,
                 mtime: m.modified().at(&path)?,
+                ctime: change_time(&m),
                 state,
             })
         } else {
@@ -492,6 +512,7 @@ impl EncodeDir {
                 size: st.size,
                 mode: st.mode,
                 mtime: st.mtime,
+                ctime: st.ctime,
                 state,
             })
         }
@@ -503,6 +524,7 @@ impl EncodeDir {
             size: 0,
             mode: d.mode,
             mtime: d.mtime,
+            ctime: d.ctime,
             state: EntryState::Dir,
         }
     }
@@ -556,9 +578,11 @@ impl EncodeDir {
             return Err(errno(&rel, libc::EEXIST));
         }
         Self::check_parent(&tree, &rel)?;
+        let now = SystemTime::now();
         let info = DirInfo {
             mode: mode & 0o7777,
-            mtime: SystemTime::now(),
+            mtime: now,
+            ctime: now,
         };
         tree.nodes.insert(rel.clone(), Node::Dir(info));
         Self::touch_parent(&mut tree, &rel);
@@ -654,6 +678,7 @@ impl EncodeDir {
                 size: 0,
                 mode: mode & 0o7777,
                 mtime: SystemTime::now(),
+                ctime: SystemTime::now(),
                 xattrs: Map::new(),
                 handles: 1,
                 detached: false,
@@ -829,6 +854,7 @@ impl EncodeDir {
             size: m.len(),
             mode: m.mode() & 0o7777,
             mtime: m.modified().unwrap_or_else(|_| SystemTime::now()),
+            ctime: change_time(&m),
             state,
         };
         Ok((attr, st.detached))
@@ -886,6 +912,7 @@ impl EncodeDir {
                         if let Some(t) = mtime {
                             d.mtime = t;
                         }
+                        d.ctime = SystemTime::now();
                         Ok(Self::dir_attr(d))
                     }
                     _ => Err(errno(&rel, libc::ENOENT)),
@@ -944,6 +971,7 @@ impl EncodeDir {
             if let Some(t) = mtime {
                 st.mtime = t;
             }
+            st.ctime = SystemTime::now();
         }
         drop(st);
         drop(io_guard);

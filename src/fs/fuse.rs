@@ -317,12 +317,12 @@ impl PixelFs {
             EntryKind::Dir => Kind::Dir,
             EntryKind::File => Kind::File,
         };
-        self.attr(ino, kind, a.size, a.mode, a.mtime, a.mtime)
+        self.attr(ino, kind, a.size, a.mode, a.mtime, a.ctime)
     }
 
     fn encode_root_attr(&self) -> FileAttr {
         let (mtime, ctime) = match self.encode_dir().map(|d| d.getattr(Path::new(""))) {
-            Some(Ok(a)) => (a.mtime, a.mtime),
+            Some(Ok(a)) => (a.mtime, a.ctime),
             _ => {
                 let root = self.view.entry(Path::new("")).map(|e| e.attr());
                 root.map(|a| (a.mtime, a.ctime))

@@ -95,6 +95,7 @@ impl EncodeDir {
                         Node::Dir(DirInfo {
                             mode: meta.mode() & 0o7777,
                             mtime: meta.modified().unwrap_or_else(|_| SystemTime::now()),
+                            ctime: super::change_time(&meta),
                         }),
                     );
                     nodes.append(&mut sub);
@@ -122,6 +123,7 @@ impl EncodeDir {
                             size: meta.len(),
                             mode: meta.mode() & 0o7777,
                             mtime: meta.modified().unwrap_or_else(|_| SystemTime::now()),
+                            ctime: super::change_time(&meta),
                             xattrs,
                             handles: 0,
                             detached: false,
@@ -306,6 +308,7 @@ impl EncodeDir {
         st.size = m.len();
         st.mode = m.mode() & 0o7777;
         st.mtime = m.modified().unwrap_or_else(|_| SystemTime::now());
+        st.ctime = super::change_time(&m);
         if st.handles == 0 && !st.detached {
             self.drop_spool(&mut st);
         }
