@@ -1126,7 +1126,7 @@ fn encode_dir_namespace_operations() {
         assert!(!enc.join("z/b/f").exists());
         assert!(src.join("z/b/f.rts.png").is_file());
         std::fs::remove_dir(enc.join("z/b")).unwrap();
-        // Not supported here: special files, links, foreign owners; across view and encode.
+        // Not supported here: special files, links; across view and encode.
         let fifo =
             std::ffi::CString::new(enc.join("fifo").into_os_string().into_encoded_bytes()).unwrap();
         // SAFETY: mkfifo with a valid C path.
@@ -1140,9 +1140,18 @@ fn encode_dir_namespace_operations() {
             Some(libc::EPERM)
         );
         std::fs::write(enc.join("g"), b"g").unwrap();
+        // Owners (the tests run as root, so the mount does): root gives a committed file
+        // away; its image records the owner, which the decoded view shows.
+        use std::os::unix::fs::MetadataExt;
+        std::os::unix::fs::chown(enc.join("g"), Some(12345), Some(54321)).unwrap();
+        let st = std::fs::metadata(enc.join("g")).unwrap();
+        assert_eq!((st.uid(), st.gid()), (12345, 54321));
+        let st = std::fs::metadata(mp.join("g")).unwrap();
+        assert_eq!((st.uid(), st.gid()), (12345, 54321), "the view's owner");
+        let meta = png_metadata(&std::fs::read(src.join("g.rts.png")).unwrap()).unwrap();
         assert_eq!(
-            code(std::os::unix::fs::chown(enc.join("g"), Some(12345), None)),
-            Some(libc::EPERM)
+            (meta["file_uid"].as_u64(), meta["file_gid"].as_u64()),
+            (Some(12345), Some(54321))
         );
         // SAFETY: getuid/getgid cannot fail.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };

@@ -211,8 +211,9 @@ struct EncodeArgs {
     /// zlib stream, as the reference writes).
     #[arg(long, default_value = "auto")]
     layout: encode::Layout,
-    /// Record the input's mode bits and mtime (file_mode, file_mtime), which the mount shows
-    /// for the decoded file; without it the mount shows 0444 and the image's own mtime.
+    /// Record the input's mode bits, mtime, owner and group (file_mode, file_mtime, file_uid,
+    /// file_gid), which the mount shows for the decoded file; without it the mount shows 0444,
+    /// the image's own mtime and the mount's user.
     #[arg(long)]
     preserve: bool,
     /// Overwrite OUTPUT if it exists.

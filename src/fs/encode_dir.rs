@@ -173,6 +173,9 @@ pub struct EntryAttr {
     pub mtime: SystemTime,
     /// Last change of the data or the attributes.
     pub ctime: SystemTime,
+    /// Owner and group (the mount process's own unless it runs as root).
+    pub uid: u32,
+    pub gid: u32,
     pub state: EntryState,
 }
 
@@ -217,6 +220,8 @@ struct DirInfo {
     mode: u32,
     mtime: SystemTime,
     ctime: SystemTime,
+    uid: u32,
+    gid: u32,
 }
 
 struct FileNode {
@@ -238,6 +243,8 @@ struct FileState {
     mode: u32,
     mtime: SystemTime,
     ctime: SystemTime,
+    uid: u32,
+    gid: u32,
     /// User metadata keys (without the `user.pixelrts.` prefix), string values.
     xattrs: Map<String, Value>,
     handles: usize,
@@ -283,6 +290,21 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     let mut s = path.as_os_str().to_os_string();
     s.push(suffix);
     PathBuf::from(s)
+}
+
+/// The mount process's own uid and gid.
+fn process_owner() -> (u32, u32) {
+    // SAFETY: getuid/getgid cannot fail.
+    unsafe { (libc::geteuid(), libc::getegid()) }
+}
+
+/// Who owns a new entry: the caller when the mount runs as root (only root can give files
+/// away), else the mount's own user.
+fn effective_owner(owner: Option<(u32, u32)>) -> (u32, u32) {
+    match owner {
+        Some(o) if process_owner().0 == 0 => o,
+        _ => process_owner(),
+    }
 }
 
 /// A file's ctime as a `SystemTime` (std has no accessor for it).
@@ -387,10 +409,13 @@ impl EncodeDir {
         // A crash while a meta file was rewritten leaves its temporary file beside it.
         dir.remove_stale_meta_temps(&dir.meta);
         let now = SystemTime::now();
+        let (uid, gid) = process_owner();
         let root = DirInfo {
             mode: 0o755,
             mtime: now,
             ctime: now,
+            uid,
+            gid,
         };
         let mut nodes = BTreeMap::new();
         nodes.insert(PathBuf::new(), Node::Dir(root));
@@ -504,6 +529,8 @@ impl EncodeDir {
                 mode: m.mode() & 0o7777,
                 mtime: m.modified().at(&path)?,
                 ctime: change_time(&m),
+                uid: m.uid(),
+                gid: m.gid(),
                 state,
             })
         } else {
@@ -513,6 +540,8 @@ impl EncodeDir {
                 mode: st.mode,
                 mtime: st.mtime,
                 ctime: st.ctime,
+                uid: st.uid,
+                gid: st.gid,
                 state,
             })
         }
@@ -525,6 +554,8 @@ impl EncodeDir {
             mode: d.mode,
             mtime: d.mtime,
             ctime: d.ctime,
+            uid: d.uid,
+            gid: d.gid,
             state: EntryState::Dir,
         }
     }
@@ -572,6 +603,12 @@ impl EncodeDir {
     }
 
     pub fn mkdir(&self, rel: &Path, mode: u32) -> Result<EntryAttr> {
+        self.mkdir_as(rel, mode, None)
+    }
+
+    /// `mkdir` on behalf of `owner` (uid, gid): the folder is theirs when the mount runs as
+    /// root.
+    pub fn mkdir_as(&self, rel: &Path, mode: u32, owner: Option<(u32, u32)>) -> Result<EntryAttr> {
         let rel = self.clean_rel(rel)?;
         let mut tree = lock(&self.tree);
         if tree.nodes.contains_key(&rel) {
@@ -579,10 +616,13 @@ impl EncodeDir {
         }
         Self::check_parent(&tree, &rel)?;
         let now = SystemTime::now();
+        let (uid, gid) = effective_owner(owner);
         let info = DirInfo {
             mode: mode & 0o7777,
             mtime: now,
             ctime: now,
+            uid,
+            gid,
         };
         tree.nodes.insert(rel.clone(), Node::Dir(info));
         Self::touch_parent(&mut tree, &rel);
@@ -645,6 +685,17 @@ impl EncodeDir {
     }
 
     pub fn create(&self, rel: &Path, mode: u32) -> Result<(u64, EntryAttr)> {
+        self.create_as(rel, mode, None)
+    }
+
+    /// `create` on behalf of `owner` (uid, gid): the file is theirs when the mount runs as
+    /// root (its spool file is chowned, and the commit records them).
+    pub fn create_as(
+        &self,
+        rel: &Path,
+        mode: u32,
+        owner: Option<(u32, u32)>,
+    ) -> Result<(u64, EntryAttr)> {
         let rel = self.clean_rel(rel)?;
         let mut tree = lock(&self.tree);
         if tree.nodes.contains_key(&rel) {
@@ -665,7 +716,12 @@ impl EncodeDir {
             .mode(0o600)
             .open(&path)
             .at(&path)?;
-        // Exact bits, without the process umask (the kernel already applied the caller's).
+        let (uid, gid) = effective_owner(owner);
+        if (uid, gid) != process_owner() {
+            std::os::unix::fs::fchown(&file, Some(uid), Some(gid)).at(&path)?;
+        }
+        // Exact bits, without the process umask (the kernel already applied the caller's),
+        // after the chown, which clears set-id bits.
         file.set_permissions(fs::Permissions::from_mode(mode & 0o7777))
             .at(&path)?;
         let node = Arc::new(FileNode {
@@ -679,6 +735,8 @@ impl EncodeDir {
                 mode: mode & 0o7777,
                 mtime: SystemTime::now(),
                 ctime: SystemTime::now(),
+                uid,
+                gid,
                 xattrs: Map::new(),
                 handles: 1,
                 detached: false,
@@ -855,6 +913,8 @@ impl EncodeDir {
             mode: m.mode() & 0o7777,
             mtime: m.modified().unwrap_or_else(|_| SystemTime::now()),
             ctime: change_time(&m),
+            uid: m.uid(),
+            gid: m.gid(),
             state,
         };
         Ok((attr, st.detached))
@@ -979,6 +1039,55 @@ impl EncodeDir {
         self.file_attr(&st)
     }
 
+    /// `chown`: a new owner and/or group (the caller decided it may: the kernel with
+    /// `default_permissions`, or the FUSE layer). Spooled files chown their spool file; a
+    /// Committed entry's image records the new `file_uid`/`file_gid`.
+    pub fn chown(&self, rel: &Path, uid: Option<u32>, gid: Option<u32>) -> Result<EntryAttr> {
+        let rel = self.clean_rel(rel)?;
+        let node = match self.lookup(&rel)? {
+            Node::File(f) => f,
+            Node::Dir(_) => {
+                let mut tree = lock(&self.tree);
+                return match tree.nodes.get_mut(&rel) {
+                    Some(Node::Dir(d)) => {
+                        d.uid = uid.unwrap_or(d.uid);
+                        d.gid = gid.unwrap_or(d.gid);
+                        d.ctime = SystemTime::now();
+                        Ok(Self::dir_attr(d))
+                    }
+                    _ => Err(errno(&rel, libc::ENOENT)),
+                };
+            }
+        };
+        let _io = lock(&node.io);
+        let mut st = lock(&node.state);
+        if st.detached {
+            return Err(errno(&rel, libc::ENOENT));
+        }
+        if st.spool {
+            let path = self.data.join(&st.rel);
+            std::os::unix::fs::chown(&path, uid, gid).at(&path)?;
+            File::open(&path).and_then(|f| f.sync_all()).at(&path)?;
+        }
+        if !st.dirty && st.png.is_some() {
+            drop(st);
+            let update = |m: &mut Map<String, Value>| {
+                if let Some(u) = uid {
+                    m.insert("file_uid".into(), u.into());
+                }
+                if let Some(g) = gid {
+                    m.insert("file_gid".into(), g.into());
+                }
+            };
+            self.rewrite_committed(&node, update)?;
+            st = lock(&node.state);
+        }
+        st.uid = uid.unwrap_or(st.uid);
+        st.gid = gid.unwrap_or(st.gid);
+        st.ctime = SystemTime::now();
+        self.file_attr(&st)
+    }
+
     /// Rewrites a Committed entry's PNG metadata so `file_mode`/`file_mtime` hold the new
     /// values: the view shows those, and rsync's quick check compares them, so without this
     /// every `rsync -a` would copy the file again. The caller holds the entry's io lock.
@@ -989,14 +1098,24 @@ impl EncodeDir {
         mode: Option<u32>,
         mtime: Option<SystemTime>,
     ) -> Result<PathBuf> {
-        let update = |m: &mut Map<String, Value>| {
+        self.rewrite_committed(node, |m: &mut Map<String, Value>| {
             if let Some(mode) = mode {
                 m.insert("file_mode".into(), (mode & 0o7777).into());
             }
             if let Some(t) = mtime {
                 m.insert("file_mtime".into(), unix_seconds(t).into());
             }
-        };
+        })
+    }
+
+    /// Rewrites a Committed entry's PNG metadata with `update`, wherever a concurrent
+    /// directory rename moves the PNG meanwhile. The caller holds the entry's io lock.
+    /// Returns where the PNG is now.
+    fn rewrite_committed(
+        &self,
+        node: &FileNode,
+        update: impl Fn(&mut Map<String, Value>),
+    ) -> Result<PathBuf> {
         // A directory rename takes neither this io lock nor waits for it, so it may move the
         // PNG while it is rewritten; a rewrite that then failed (its folder gone) is tried
         // again at the new place.
@@ -1007,7 +1126,7 @@ impl EncodeDir {
                 let st = lock(&node.state);
                 st.png.clone().ok_or_else(|| errno(&st.rel, libc::EIO))?
             };
-            let result = format::rewrite::rewrite_metadata(&png, update);
+            let result = format::rewrite::rewrite_metadata(&png, &update);
             let tree = lock(&self.tree);
             let st = lock(&node.state);
             let now = st.png.clone().unwrap_or_else(|| png.clone());

@@ -181,6 +181,8 @@ pub struct PixelFs {
     view: View,
     encode: Option<(OsString, EncodeDir)>,
     read_only: bool,
+    /// Mounted for every user (`allow_other`): `encode/` is writable by all, sticky like /tmp.
+    shared: bool,
     nodes: RwLock<Nodes>,
     handles: Mutex<HashMap<u64, Handle>>,
     next_fh: AtomicU64,
@@ -214,11 +216,17 @@ fn expected(code: i32) -> bool {
 }
 
 impl PixelFs {
-    pub fn new(view: View, encode: Option<(OsString, EncodeDir)>, read_only: bool) -> Self {
+    pub fn new(
+        view: View,
+        encode: Option<(OsString, EncodeDir)>,
+        read_only: bool,
+        shared: bool,
+    ) -> Self {
         PixelFs {
             view,
             encode,
             read_only,
+            shared,
             nodes: RwLock::new(Nodes {
                 next: FIRST_FREE_INO,
                 ..Default::default()
@@ -309,7 +317,11 @@ impl PixelFs {
     }
 
     fn view_attr(&self, ino: u64, a: &view::Attr) -> FileAttr {
-        self.attr(ino, a.kind, a.size, a.mode, a.mtime, a.ctime)
+        let mut attr = self.attr(ino, a.kind, a.size, a.mode, a.mtime, a.ctime);
+        if let Some((uid, gid)) = a.owner {
+            (attr.uid, attr.gid) = (uid, gid);
+        }
+        attr
     }
 
     fn encode_attr(&self, ino: u64, a: &EntryAttr) -> FileAttr {
@@ -317,7 +329,9 @@ impl PixelFs {
             EntryKind::Dir => Kind::Dir,
             EntryKind::File => Kind::File,
         };
-        self.attr(ino, kind, a.size, a.mode, a.mtime, a.ctime)
+        let mut attr = self.attr(ino, kind, a.size, a.mode, a.mtime, a.ctime);
+        (attr.uid, attr.gid) = (a.uid, a.gid);
+        attr
     }
 
     fn encode_root_attr(&self) -> FileAttr {
@@ -329,7 +343,8 @@ impl PixelFs {
                     .unwrap_or((SystemTime::UNIX_EPOCH, SystemTime::UNIX_EPOCH))
             }
         };
-        self.attr(ENCODE_ROOT, Kind::Dir, 0, 0o755, mtime, ctime)
+        let mode = if self.shared { 0o1777 } else { 0o755 };
+        self.attr(ENCODE_ROOT, Kind::Dir, 0, mode, mtime, ctime)
     }
 
     /// Attributes of an existing inode.
@@ -662,6 +677,7 @@ impl PixelFs {
 
     fn create_file(
         &self,
+        owner: (u32, u32),
         parent: u64,
         name: &OsStr,
         mode: u32,
@@ -671,7 +687,7 @@ impl PixelFs {
         let rel = self.writable_child("create", parent, name)?;
         let d = self.encode_dir().ok_or(Errno::EROFS)?;
         let perm = mode & !umask & 0o7777;
-        match d.create(&rel, perm) {
+        match d.create_as(&rel, perm, Some(owner)) {
             Ok((h, a)) => {
                 let fa = self.register_encode(parent, name, &a);
                 let fh = self.new_handle(Handle::Encode {
@@ -692,8 +708,10 @@ impl PixelFs {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn do_setattr(
         &self,
+        caller: (u32, u32),
         ino: u64,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -709,12 +727,10 @@ impl PixelFs {
         if area == Area::View || self.read_only {
             return Err(self.plain("setattr", &rel, libc::EROFS));
         }
-        // Ownership cannot be stored; changing it to what it already is succeeds (rsync -a
-        // as root does exactly that).
-        if uid.is_some_and(|u| u != self.uid) || gid.is_some_and(|g| g != self.gid) {
-            return Err(self.plain("chown", &rel, libc::EPERM));
-        }
         if ino == ENCODE_ROOT {
+            if uid.is_some_and(|u| u != self.uid) || gid.is_some_and(|g| g != self.gid) {
+                return Err(self.plain("chown", &rel, libc::EPERM));
+            }
             // The encode directory itself keeps mode 0755 and its times; accepting the change
             // lets `rsync -a dir/ MOUNT/encode/` finish without an error.
             return Ok(self.encode_root_attr());
@@ -725,6 +741,21 @@ impl PixelFs {
             TimeOrNow::Now => SystemTime::now(),
         });
         let mode = mode.map(|m| m & 0o7777);
+        if uid.is_some() || gid.is_some() {
+            // Giving a file away needs root (CAP_CHOWN); so does, here, changing its group
+            // (without `default_permissions` the kernel has not checked group membership).
+            // Setting what is already there always succeeds (rsync -a does that).
+            let now = self.getattr_ino(ino)?;
+            let changes = uid.is_some_and(|u| u != now.uid) || gid.is_some_and(|g| g != now.gid);
+            if changes && caller.0 != 0 {
+                return Err(self.plain("chown", &rel, libc::EPERM));
+            }
+            if changes {
+                if let Err(e) = d.chown(&rel, uid, gid) {
+                    return Err(self.fail("chown", &rel, &e));
+                }
+            }
+        }
         if size.is_none() && mode.is_none() && mtime.is_none() {
             // atime/ctime only: nothing stored, report the current attributes.
             return self.getattr_ino(ino);
@@ -784,7 +815,7 @@ impl Filesystem for PixelFs {
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -800,7 +831,7 @@ impl Filesystem for PixelFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        match self.do_setattr(ino.0, mode, uid, gid, size, mtime) {
+        match self.do_setattr((req.uid(), req.gid()), ino.0, mode, uid, gid, size, mtime) {
             Ok(a) => reply.attr(&TTL, &a),
             Err(e) => reply.error(e),
         }
@@ -808,7 +839,7 @@ impl Filesystem for PixelFs {
 
     fn mknod(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
@@ -827,7 +858,14 @@ impl Filesystem for PixelFs {
             };
             return reply.error(self.plain("mknod (only regular files)", &rel, code));
         }
-        match self.create_file(parent.0, name, mode, umask, libc::O_EXCL) {
+        match self.create_file(
+            (req.uid(), req.gid()),
+            parent.0,
+            name,
+            mode,
+            umask,
+            libc::O_EXCL,
+        ) {
             Ok((a, fh, _)) => {
                 // mknod is create + close: flush commits the empty file like `touch` does, so
                 // nothing is left pending, and its error is mknod's.
@@ -855,7 +893,7 @@ impl Filesystem for PixelFs {
 
     fn mkdir(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
@@ -869,7 +907,7 @@ impl Filesystem for PixelFs {
         let Some(d) = self.encode_dir() else {
             return reply.error(Errno::EROFS);
         };
-        match d.mkdir(&rel, mode & !umask & 0o7777) {
+        match d.mkdir_as(&rel, mode & !umask & 0o7777, Some((req.uid(), req.gid()))) {
             Ok(a) => {
                 let fa = self.register_encode(parent.0, name, &a);
                 self.nodes_mut().add_lookup(fa.ino.0);
@@ -1290,7 +1328,7 @@ impl Filesystem for PixelFs {
 
     fn create(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
@@ -1298,7 +1336,7 @@ impl Filesystem for PixelFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        match self.create_file(parent.0, name, mode, umask, flags) {
+        match self.create_file((req.uid(), req.gid()), parent.0, name, mode, umask, flags) {
             Ok((a, fh, fl)) => {
                 self.nodes_mut().add_lookup(a.ino.0);
                 reply.created(&TTL, &a, Generation(0), FileHandle(fh), fl)

@@ -598,7 +598,7 @@ pub fn mount(
         }
         None => None,
     };
-    let fs = fuse::PixelFs::new(view, encode, opts.read_only);
+    let fs = fuse::PixelFs::new(view, encode, opts.read_only, opts.allow_other);
     let config = fuse_config(&checked, opts);
     let session =
         fuser::Session::new(fs, &checked.mountpoint, &config).map_err(|e| MountError::Mount {
@@ -642,7 +642,10 @@ fn fuse_config(checked: &Checked, opts: &MountOptions) -> fuser::Config {
     if opts.read_only {
         mo.push(MountOption::RO);
     }
-    if opts.default_permissions {
+    // Shared with other users, the mount must check their permissions: the kernel does it
+    // from the modes and owners the mount reports (without it, any user could chmod,
+    // truncate or rename anyone's files in encode/).
+    if opts.default_permissions || opts.allow_other {
         mo.push(MountOption::DefaultPermissions);
     }
     if opts.auto_unmount {

@@ -56,6 +56,8 @@ pub struct Attr {
     pub mtime: SystemTime,
     /// The status-change time of the underlying file or folder.
     pub ctime: SystemTime,
+    /// Owner and group recorded by the encoder (`file_uid`, `file_gid`); None: the mount's.
+    pub owner: Option<(u32, u32)>,
 }
 
 /// What the view knows about one PNG, valid while its [`FileKey`] is unchanged.
@@ -209,6 +211,7 @@ impl View {
             mode: 0o555,
             mtime: system_time(m.mtime(), m.mtime_nsec()),
             ctime: system_time(m.ctime(), m.ctime_nsec()),
+            owner: None,
         }
     }
 
@@ -387,6 +390,7 @@ impl View {
                 mode,
                 mtime,
                 ctime: system_time(m.ctime(), m.ctime_nsec()),
+                owner: recorded_owner(&md.map),
             },
             metadata: md.display_map(),
         });
@@ -427,6 +431,16 @@ impl View {
         );
         Ok((reader, false))
     }
+}
+
+/// `file_uid` and `file_gid` as recorded, when both are there and fit.
+fn recorded_owner(map: &serde_json::Map<String, Value>) -> Option<(u32, u32)> {
+    let id = |k: &str| {
+        map.get(k)
+            .and_then(Value::as_u64)
+            .and_then(|v| u32::try_from(v).ok())
+    };
+    Some((id("file_uid")?, id("file_gid")?))
 }
 
 #[cfg(test)]

@@ -96,6 +96,8 @@ impl EncodeDir {
                             mode: meta.mode() & 0o7777,
                             mtime: meta.modified().unwrap_or_else(|_| SystemTime::now()),
                             ctime: super::change_time(&meta),
+                            uid: meta.uid(),
+                            gid: meta.gid(),
                         }),
                     );
                     nodes.append(&mut sub);
@@ -124,6 +126,8 @@ impl EncodeDir {
                             mode: meta.mode() & 0o7777,
                             mtime: meta.modified().unwrap_or_else(|_| SystemTime::now()),
                             ctime: super::change_time(&meta),
+                            uid: meta.uid(),
+                            gid: meta.gid(),
                             xattrs,
                             handles: 0,
                             detached: false,
@@ -309,6 +313,8 @@ impl EncodeDir {
         st.mode = m.mode() & 0o7777;
         st.mtime = m.modified().unwrap_or_else(|_| SystemTime::now());
         st.ctime = super::change_time(&m);
+        st.uid = m.uid();
+        st.gid = m.gid();
         if st.handles == 0 && !st.detached {
             self.drop_spool(&mut st);
         }
@@ -330,10 +336,18 @@ impl EncodeDir {
     /// The caller holds the entry's `io` lock. The state lock is not held while decoding, so
     /// listings and getattr of this entry stay quick.
     pub(super) fn spool_up(&self, node: &FileNode, empty: bool) -> Result<()> {
-        let (rel, png, mode, mtime, xattrs) = {
+        let (rel, png, mode, mtime, xattrs, owner) = {
             let st = lock(&node.state);
             let png = st.png.clone().ok_or_else(|| errno(&st.rel, libc::EIO))?;
-            (st.rel.clone(), png, st.mode, st.mtime, st.xattrs.clone())
+            let owner = (st.uid, st.gid);
+            (
+                st.rel.clone(),
+                png,
+                st.mode,
+                st.mtime,
+                st.xattrs.clone(),
+                owner,
+            )
         };
         let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
         let tmp = self.tmp.join(format!("copy-up.{}.{n}", std::process::id()));
@@ -356,6 +370,11 @@ impl EncodeDir {
                     },
                 )?;
                 f.set_modified(mtime).at(&tmp)?;
+            }
+            // The copy belongs to the entry's owner, as the image did (set-id bits are
+            // cleared by a chown, so the mode comes after it).
+            if owner != (f.metadata().at(&tmp)?.uid(), f.metadata().at(&tmp)?.gid()) {
+                std::os::unix::fs::fchown(&f, Some(owner.0), Some(owner.1)).at(&tmp)?;
             }
             f.set_permissions(fs::Permissions::from_mode(mode))
                 .at(&tmp)?;
