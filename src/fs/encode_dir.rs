@@ -176,6 +176,8 @@ pub struct EntryAttr {
     /// Owner and group (the mount process's own unless it runs as root).
     pub uid: u32,
     pub gid: u32,
+    /// Folders: how many folders it holds (its link count is 2 more). Files: 0.
+    pub subdirs: u32,
     pub state: EntryState,
 }
 
@@ -531,6 +533,7 @@ impl EncodeDir {
                 ctime: change_time(&m),
                 uid: m.uid(),
                 gid: m.gid(),
+                subdirs: 0,
                 state,
             })
         } else {
@@ -542,12 +545,13 @@ impl EncodeDir {
                 ctime: st.ctime,
                 uid: st.uid,
                 gid: st.gid,
+                subdirs: 0,
                 state,
             })
         }
     }
 
-    fn dir_attr(d: &DirInfo) -> EntryAttr {
+    fn dir_attr(d: &DirInfo, subdirs: u32) -> EntryAttr {
         EntryAttr {
             kind: EntryKind::Dir,
             size: 0,
@@ -556,13 +560,27 @@ impl EncodeDir {
             ctime: d.ctime,
             uid: d.uid,
             gid: d.gid,
+            subdirs,
             state: EntryState::Dir,
         }
     }
 
-    fn node_attr(&self, node: &Node) -> Result<EntryAttr> {
+    /// How many folders the folder `rel` holds.
+    fn subdirs(tree: &Tree, rel: &Path) -> u32 {
+        let n = tree
+            .nodes
+            .range(rel.to_path_buf()..)
+            .skip(1)
+            .take_while(|(k, _)| k.starts_with(rel))
+            .filter(|(k, n)| k.parent() == Some(rel) && matches!(n, Node::Dir(_)))
+            .count();
+        u32::try_from(n).unwrap_or(u32::MAX)
+    }
+
+    /// `subdirs`: of a folder node, how many folders it holds.
+    fn node_attr(&self, node: &Node, subdirs: u32) -> Result<EntryAttr> {
         match node {
-            Node::Dir(d) => Ok(Self::dir_attr(d)),
+            Node::Dir(d) => Ok(Self::dir_attr(d, subdirs)),
             Node::File(f) => self.file_attr(&lock(&f.state)),
         }
     }
@@ -570,14 +588,18 @@ impl EncodeDir {
     pub fn getattr(&self, rel: &Path) -> Result<EntryAttr> {
         let rel = self.clean_rel(rel)?;
         let node = self.lookup(&rel)?;
-        self.node_attr(&node)
+        let subdirs = match node {
+            Node::Dir(_) => Self::subdirs(&lock(&self.tree), &rel),
+            Node::File(_) => 0,
+        };
+        self.node_attr(&node, subdirs)
     }
 
     /// The entries of a directory. An entry whose attributes cannot be read is logged and left
     /// out rather than failing the listing.
     pub fn list(&self, rel_dir: &Path) -> Result<Vec<(OsString, EntryAttr)>> {
         let rel_dir = self.clean_rel(rel_dir)?;
-        let children: Vec<(OsString, Node)> = {
+        let children: Vec<(OsString, Node, u32)> = {
             let tree = lock(&self.tree);
             match tree.nodes.get(&rel_dir) {
                 Some(Node::Dir(_)) => {}
@@ -589,12 +611,19 @@ impl EncodeDir {
                 .skip(1)
                 .take_while(|(k, _)| k.starts_with(&rel_dir))
                 .filter(|(k, _)| k.parent() == Some(rel_dir.as_path()))
-                .filter_map(|(k, n)| k.file_name().map(|f| (f.to_os_string(), n.clone())))
+                .filter_map(|(k, n)| {
+                    let subdirs = match n {
+                        Node::Dir(_) => Self::subdirs(&tree, k),
+                        Node::File(_) => 0,
+                    };
+                    k.file_name()
+                        .map(|f| (f.to_os_string(), n.clone(), subdirs))
+                })
                 .collect()
         };
         let mut out = Vec::with_capacity(children.len());
-        for (name, node) in children {
-            match self.node_attr(&node) {
+        for (name, node, subdirs) in children {
+            match self.node_attr(&node, subdirs) {
                 Ok(a) => out.push((name, a)),
                 Err(e) => tracing::warn!("encode dir listing: {e}"),
             }
@@ -626,7 +655,7 @@ impl EncodeDir {
         };
         tree.nodes.insert(rel.clone(), Node::Dir(info));
         Self::touch_parent(&mut tree, &rel);
-        Ok(Self::dir_attr(&info))
+        Ok(Self::dir_attr(&info, 0))
     }
 
     pub fn rmdir(&self, rel: &Path) -> Result<()> {
@@ -915,6 +944,7 @@ impl EncodeDir {
             ctime: change_time(&m),
             uid: m.uid(),
             gid: m.gid(),
+            subdirs: 0,
             state,
         };
         Ok((attr, st.detached))
@@ -964,6 +994,7 @@ impl EncodeDir {
                     return Err(errno(&rel, libc::EISDIR));
                 }
                 let mut tree = lock(&self.tree);
+                let subdirs = Self::subdirs(&tree, &rel);
                 return match tree.nodes.get_mut(&rel) {
                     Some(Node::Dir(d)) => {
                         if let Some(m) = mode {
@@ -973,7 +1004,7 @@ impl EncodeDir {
                             d.mtime = t;
                         }
                         d.ctime = SystemTime::now();
-                        Ok(Self::dir_attr(d))
+                        Ok(Self::dir_attr(d, subdirs))
                     }
                     _ => Err(errno(&rel, libc::ENOENT)),
                 };
@@ -1048,12 +1079,13 @@ impl EncodeDir {
             Node::File(f) => f,
             Node::Dir(_) => {
                 let mut tree = lock(&self.tree);
+                let subdirs = Self::subdirs(&tree, &rel);
                 return match tree.nodes.get_mut(&rel) {
                     Some(Node::Dir(d)) => {
                         d.uid = uid.unwrap_or(d.uid);
                         d.gid = gid.unwrap_or(d.gid);
                         d.ctime = SystemTime::now();
-                        Ok(Self::dir_attr(d))
+                        Ok(Self::dir_attr(d, subdirs))
                     }
                     _ => Err(errno(&rel, libc::ENOENT)),
                 };

@@ -331,20 +331,28 @@ impl PixelFs {
         };
         let mut attr = self.attr(ino, kind, a.size, a.mode, a.mtime, a.ctime);
         (attr.uid, attr.gid) = (a.uid, a.gid);
+        if kind == Kind::Dir {
+            attr.nlink = 2u32.saturating_add(a.subdirs);
+        }
         attr
     }
 
     fn encode_root_attr(&self) -> FileAttr {
-        let (mtime, ctime) = match self.encode_dir().map(|d| d.getattr(Path::new(""))) {
-            Some(Ok(a)) => (a.mtime, a.ctime),
+        let (mtime, ctime, subdirs) = match self.encode_dir().map(|d| d.getattr(Path::new(""))) {
+            Some(Ok(a)) => (a.mtime, a.ctime, a.subdirs),
             _ => {
                 let root = self.view.entry(Path::new("")).map(|e| e.attr());
-                root.map(|a| (a.mtime, a.ctime))
-                    .unwrap_or((SystemTime::UNIX_EPOCH, SystemTime::UNIX_EPOCH))
+                root.map(|a| (a.mtime, a.ctime, 0)).unwrap_or((
+                    SystemTime::UNIX_EPOCH,
+                    SystemTime::UNIX_EPOCH,
+                    0,
+                ))
             }
         };
         let mode = if self.shared { 0o1777 } else { 0o755 };
-        self.attr(ENCODE_ROOT, Kind::Dir, 0, mode, mtime, ctime)
+        let mut attr = self.attr(ENCODE_ROOT, Kind::Dir, 0, mode, mtime, ctime);
+        attr.nlink = 2u32.saturating_add(subdirs);
+        attr
     }
 
     /// Attributes of an existing inode.
