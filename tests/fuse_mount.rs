@@ -1673,3 +1673,25 @@ fn fsx_in_the_encode_dir_with_mmap() {
         );
     }
 }
+
+/// Regression (issue 13, pjdfstest's report): times set with nanoseconds read back exactly —
+/// on the pending file, on the committed one, in the decoded view, and after a remount.
+#[test]
+fn utimens_keeps_nanoseconds_through_the_commit_and_a_remount() {
+    let m = Mounted::new(&[]);
+    let when = std::time::UNIX_EPOCH + Duration::new(1_577_934_245, 123_456_789);
+    std::fs::write(m.path("encode/t"), b"times").unwrap();
+    let f = File::options()
+        .write(true)
+        .open(m.path("encode/t"))
+        .unwrap();
+    f.set_modified(when).unwrap();
+    drop(f);
+    let mtime = |p: &Path| std::fs::metadata(p).unwrap().modified().unwrap();
+    assert_eq!(mtime(&m.path("encode/t")), when);
+    assert_eq!(mtime(&m.path("t")), when);
+    m.unmount();
+    m.mount_ok(&[]);
+    assert_eq!(mtime(&m.path("t")), when, "after a remount");
+    m.unmount();
+}

@@ -72,8 +72,8 @@ pub struct EncodeOptions {
     pub overwrite: bool,
     /// fsync the output before it is renamed into place.
     pub fsync: bool,
-    /// Record the input's mode bits, mtime, owner and group as `file_mode` / `file_mtime` /
-    /// `file_uid` / `file_gid` (path API only).
+    /// Record the input's mode bits, mtime, owner and group as `file_mode` / `file_mtime` (+
+    /// `file_mtime_nsec`) / `file_uid` / `file_gid` (path API only).
     pub record_file_attributes: bool,
     /// log2 of the tile side (restart-point geometry); None: [`index::DEFAULT_TILE_SIDE_LOG2`].
     pub tile_side_log2: Option<u8>,
@@ -168,6 +168,9 @@ pub fn encode_file(
         opts.metadata
             .entry("file_mtime")
             .or_insert(meta.mtime().into());
+        opts.metadata
+            .entry("file_mtime_nsec")
+            .or_insert(meta.mtime_nsec().into());
         opts.metadata.entry("file_uid").or_insert(meta.uid().into());
         opts.metadata.entry("file_gid").or_insert(meta.gid().into());
     }

@@ -336,15 +336,21 @@ fn apply_attributes(path: &Path, mode: Option<u32>, mtime: Option<SystemTime>) -
     Ok(())
 }
 
-/// Whole seconds since the epoch, rounded down like `st_mtime` (what the encoder records as
-/// `file_mtime` from the spool file's metadata).
-fn unix_seconds(t: SystemTime) -> i64 {
+/// Seconds since the epoch rounded down, and the nanoseconds after them (`st_mtime`,
+/// `st_mtime_nsec`; recorded as `file_mtime`, `file_mtime_nsec`).
+fn unix_time(t: SystemTime) -> (i64, u32) {
     match t.duration_since(SystemTime::UNIX_EPOCH) {
-        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        Ok(d) => (
+            i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+            d.subsec_nanos(),
+        ),
         Err(e) => {
             let d = e.duration();
             let secs = i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
-            (-secs).saturating_sub(i64::from(d.subsec_nanos() > 0))
+            match d.subsec_nanos() {
+                0 => (-secs, 0),
+                n => ((-secs).saturating_sub(1), 1_000_000_000 - n),
+            }
         }
     }
 }
@@ -1135,7 +1141,9 @@ impl EncodeDir {
                 m.insert("file_mode".into(), (mode & 0o7777).into());
             }
             if let Some(t) = mtime {
-                m.insert("file_mtime".into(), unix_seconds(t).into());
+                let (secs, nsec) = unix_time(t);
+                m.insert("file_mtime".into(), secs.into());
+                m.insert("file_mtime_nsec".into(), nsec.into());
             }
         })
     }
@@ -1243,12 +1251,13 @@ mod tests {
     }
 
     #[test]
-    fn unix_seconds_round_down_like_st_mtime() {
+    fn unix_time_rounds_down_like_st_mtime() {
         use std::time::{Duration, UNIX_EPOCH};
         let ms = Duration::from_millis;
-        assert_eq!(unix_seconds(UNIX_EPOCH + ms(1_500)), 1);
-        assert_eq!(unix_seconds(UNIX_EPOCH - ms(1_500)), -2);
-        assert_eq!(unix_seconds(UNIX_EPOCH - ms(2_000)), -2);
+        assert_eq!(unix_time(UNIX_EPOCH + ms(1_500)), (1, 500_000_000));
+        assert_eq!(unix_time(UNIX_EPOCH - ms(1_500)), (-2, 500_000_000));
+        assert_eq!(unix_time(UNIX_EPOCH - ms(2_000)), (-2, 0));
+        assert_eq!(unix_time(UNIX_EPOCH + ms(1_250)), (1, 250_000_000));
     }
 
     #[test]

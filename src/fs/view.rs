@@ -370,8 +370,14 @@ impl View {
             .and_then(Value::as_u64)
             .map(|mode| (mode as u32) & 0o555)
             .unwrap_or(0o444);
+        let nsec = md
+            .map
+            .get("file_mtime_nsec")
+            .and_then(Value::as_i64)
+            .filter(|n| (0..1_000_000_000).contains(n))
+            .unwrap_or(0);
         let mtime = match md.map.get("file_mtime") {
-            Some(v) if v.is_i64() => system_time(v.as_i64().unwrap_or(0), 0),
+            Some(v) if v.is_i64() => system_time(v.as_i64().unwrap_or(0), nsec),
             Some(v) if v.is_f64() => {
                 let f = v.as_f64().unwrap_or(0.0);
                 if f.is_finite() && f.abs() < 1e15 {
@@ -578,9 +584,9 @@ mod tests {
             },
         )
         .unwrap();
-        let in_mtime = std::fs::metadata(&input).unwrap().mtime();
+        let in_mtime = std::fs::metadata(&input).unwrap().modified().unwrap();
         let p = view(tmp.path()).probe(&png).unwrap();
         assert_eq!(p.attr.mode, 0o551);
-        assert_eq!(p.attr.mtime, system_time(in_mtime, 0));
+        assert_eq!(p.attr.mtime, in_mtime, "to the nanosecond");
     }
 }
