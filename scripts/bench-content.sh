@@ -17,7 +17,7 @@
 # Then the read path (scripts/bench-read.sh) on os.img and random.bin.
 # Before it, a second table, the layout's cost on random data at sizes from 1 B to 1 GiB + 1 (each
 # size just past a grid boundary is the worst case: most of the image is padding), against the
-# limit of 1% + 4 KiB and, where ../shared/vectors has one, the reference's PNG of the same input.
+# limit of 1% + 4 KiB and, where tests/fixtures/reference has one, the reference's PNG of the same input.
 # Needs: mksquashfs (squashfs-tools), zstd, mkfs.ext4 (e2fsprogs), openssl; installs the
 # Debian packages when missing and run as root.
 set -euo pipefail
@@ -129,7 +129,7 @@ rm -f "$WORK/out.rts.png" "$WORK/g.sqfs" "$WORK/z.sqfs" "$WORK/f.zst"
 
 # The layout's cost on random data, by size. Sizes just past 4^k bytes leave 3/4 of the image as
 # padding; 6 MiB and 20,000,000 B sit between boundaries.
-VECTORS=${PIXELRTS_VECTORS:-$ROOT/../shared/vectors/reference}
+VECTORS=${PIXELRTS_VECTORS:-$ROOT/tests/fixtures/reference}
 printf '\n| random bytes | layout | pixelrts bytes | over input | limit (1%% + 4 KiB) | reference PNG | ours / reference | encode s | decode --verify s |\n'
 printf '|---|---|---|---|---|---|---|---|---|\n'
 for n in 1 1000 100000 300000 600000 1048577 2097152 4194305 5242880 6291456 16777217 20000000 67108865 268435457 1073741825; do

@@ -23,7 +23,7 @@ impl Rng {
 }
 
 fn reference_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/vectors/reference")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/reference")
 }
 
 fn reference_pngs() -> Vec<PathBuf> {

@@ -44,7 +44,7 @@ fn test_data(n: usize, seed: u64) -> Vec<u8> {
 }
 
 fn reference_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/vectors/reference")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/reference")
 }
 
 fn encode_into(dir: &Path, name: &str, data: &[u8], opts: &EncodeOptions) -> PathBuf {

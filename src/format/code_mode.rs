@@ -123,7 +123,7 @@ mod tests {
 
     fn reference(name: &str) -> PathBuf {
         PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("../shared/vectors/reference")
+            .join("tests/fixtures/reference")
             .join(name)
     }
 

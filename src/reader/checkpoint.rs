@@ -1209,7 +1209,7 @@ mod tests {
 
     fn reference(name: &str) -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../shared/vectors/reference")
+            .join("tests/fixtures/reference")
             .join(name)
     }
 

@@ -13,9 +13,10 @@ pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_pixelrts"))
 }
 
-/// The reference vectors shipped with the project.
+/// The reference vectors (copied into the repository from ../shared/vectors/reference, so a
+/// clean clone runs its tests on its own).
 pub fn vectors_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/vectors/reference")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/reference")
 }
 
 /// Runs `pixelrts ARGS…` and returns its output (never panics on a non-zero exit).
