@@ -1,6 +1,6 @@
 //! Reference vectors (tests/fixtures/reference, copied from ../shared/vectors/reference): every
-//! `.rts.png` the reference wrote decodes with `--verify` to its input; our own encodings of the same inputs are valid PNGs (pngcheck),
-//! hold the reference's pixels, and decode to the same bytes with independent readers (Pillow
+//! `.rts.png` the reference wrote decodes with `--verify` to its input; our own encodings of the
+//! same inputs are valid PNGs (pngcheck), hold the reference's pixels, and decode to the same bytes with independent readers (Pillow
 //! via tests/independent_decode.py, and the png crate + a Hilbert walk written here).
 mod common;
 
