@@ -1,7 +1,8 @@
 //! Reference vectors (tests/fixtures/reference, copied from ../shared/vectors/reference): every
 //! `.rts.png` the reference wrote decodes with `--verify` to its input; our own encodings of the
-//! same inputs are valid PNGs (pngcheck), hold the reference's pixels, and decode to the same bytes with independent readers (Pillow
-//! via tests/independent_decode.py, and the png crate + a Hilbert walk written here).
+//! same inputs are valid PNGs (pngcheck), hold the reference's pixels, and decode to the same
+//! bytes with independent readers (Pillow via tests/independent_decode.py, and the png crate + a
+//! Hilbert walk written here).
 mod common;
 
 use std::path::{Path, PathBuf};
