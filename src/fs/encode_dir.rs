@@ -19,21 +19,29 @@
 //! `encode/` leaves nothing in SOURCE and is not remembered across mounts.
 //!
 //! # Operations
-//! - `create`: a new empty spool file with the given mode, Spooled, opened read-write. It is
-//!   committed at the first flush even when nothing was written (`touch` makes an empty PNG).
+//! - `create`: a new empty spool file with the given mode (and, when the mount runs as root, the
+//!   caller's owner), Spooled, opened read-write. Creating counts as writing: the handle's close
+//!   publishes even when nothing was written (`touch` makes an empty PNG).
 //! - `open`: a Spooled entry, or one whose spool file is still kept, gets a handle on the spool
-//!   file (`truncate` empties it and makes it Spooled). A read-only open of a Committed entry
-//!   answers [`Opened::Committed`] with the PNG to read through `reader::Reader`. A write open of
-//!   a Committed entry starts a new spool file: empty with `truncate`, else a copy-up (the PNG
-//!   is decoded, hash-verified, into `SPOOL/tmp`, fsynced, then renamed into `SPOOL/data`, so a
-//!   crash never leaves a partial copy that would later be encoded over the good PNG). A copy-up
-//!   alone does not make the entry Spooled: closing it unchanged encodes nothing.
-//! - `write`/`setattr(size)`: change the spool file and make the entry Spooled. A size change with
-//!   no handle open (`truncate -s`) is committed at once, because no close will follow.
-//! - `flush` of a handle opened for writing: when the entry is Spooled, encode it now and return
-//!   the encoder's error (errno kept: ENOSPC, EROFS, EIO…). Read-only handles never encode.
-//! - `release`: never encodes (it cannot report errors); a Spooled entry whose flush failed or
-//!   never came stays Spooled, and [`EncodeDir::commit_pending`] or the next flush encodes it.
+//!   file (`truncate` empties it, makes it Spooled, and counts as this handle's writing). A
+//!   read-only open of a Committed entry answers [`Opened::Committed`] with the PNG to read
+//!   through `reader::Reader`. A write open of a Committed entry starts a new spool file: empty
+//!   with `truncate`, else a copy-up (the PNG is decoded, hash-verified, into `SPOOL/tmp`,
+//!   fsynced, then renamed into `SPOOL/data`, so a crash never leaves a partial copy that would
+//!   later be encoded over the good PNG). A copy-up alone does not make the entry Spooled:
+//!   closing it unchanged encodes nothing.
+//! - `write`/`setattr(size)`: change the spool file and make the entry Spooled; the first change
+//!   after a recorded close first removes that record, durably. A size change marks every write
+//!   handle open on the entry as having written; with none open (`truncate(2)` on a path) the
+//!   entry stays pending until a writing close: nothing but a close ever publishes.
+//! - `flush` (a close) of a handle that wrote: fsync the spool file, record durably that the
+//!   close was reached (`"closed": true` in the meta file), encode, and return the encoder's
+//!   error (errno kept: ENOSPC, EROFS, EIO…). Read-only handles, and write handles that changed
+//!   nothing, never encode.
+//! - `release`: never encodes (it cannot report errors); a Spooled entry whose flush failed
+//!   stays Spooled (its close recorded: [`EncodeDir::commit_pending`] at the next mount, or the
+//!   next writing close, encodes it); one whose close never came (the mount died first) stays
+//!   pending, and is published only by a later writing close.
 //! - `setattr(mode/mtime)`: applied to the spool file while one exists. When the entry is
 //!   Committed, the PNG's metadata is rewritten (`format::rewrite`) so that `file_mode` and
 //!   `file_mtime` hold the new values (rsync, `cp -p` and `touch -d` set them after close, i.e.
@@ -50,11 +58,15 @@
 //! # Commit
 //! `encode::encode_file(SPOOL/data/<rel>, SOURCE/<rel>.rts.png)` with the user keys as metadata,
 //! no sidecar, fsync, overwrite (an existing PNG of that name in SOURCE is replaced) and the
-//! spool file's mode/mtime recorded. The encoder writes a temporary file beside the target, and
-//! renames it into place after fsync, then fsyncs the folder; folders it needed are created
-//! first and fsynced into their parents. On failure the temporary file is gone, folders created
-//! for this commit are removed again, and the entry stays Spooled with its bytes. Only after a
-//! successful commit (and the last release) are the spool data and meta deleted.
+//! spool file's mode, mtime (with nanoseconds), owner and group recorded. The encoder writes a
+//! temporary file beside the target, and renames it into place after fsync, then fsyncs the
+//! folder; folders it needed are created first and fsynced into their parents. On failure the
+//! temporary file is gone, folders created for this commit are removed again, and the entry
+//! stays Spooled with its bytes. Only after a successful commit (and the last release) are the
+//! spool data and meta deleted (data first: a crash in between leaves no pending copy of a
+//! published file). A crash anywhere leaves the entry pending, published whole, or (closed
+//! recorded, not yet encoded) encoded at the next mount, which also removes the temporary files
+//! of dead processes; `crate::failpoint` names each step for the crash-point test.
 //!
 //! # Rename (POSIX replace semantics, `noreplace` → EEXIST)
 //! A file entry moves with everything it owns: its spool file and meta json are renamed in the
