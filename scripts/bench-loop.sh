@@ -21,23 +21,15 @@ WAYS=("$@")
 [ ${#WAYS[@]} -gt 0 ] || WAYS=("$PWD/target/release/pixelrts" sqfs)
 REPS=${REPS:-5}
 MODE=${MODE:-meta}
-WORK=$(mktemp -d /var/tmp/pixelrts-loop.XXXXXX)
-MNT=$WORK/mnt LOOPMNT=$WORK/loop
-mkdir -p "$MNT" "$LOOPMNT"
-cleanup() {
-    mountpoint -q "$LOOPMNT" && umount "$LOOPMNT" || true
-    [ -n "${LOOPDEV:-}" ] && losetup -d "$LOOPDEV" 2>/dev/null || true
-    mountpoint -q "$MNT" && { fusermount3 -u "$MNT" 2>/dev/null || umount -l "$MNT"; } || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-now() { date +%s.%N; }
+# shellcheck source=scripts/mount-bench-common.sh
+source "scripts/mount-bench-common.sh"
+bench_workdir pixelrts-loop
 NAME=$(basename "$IMAGE")
 
 run_way() {
     local way=$1 bin=${1%%:*} opts=
     [[ $way == *:* ]] && opts=${way#*:}
-    sync; echo 3 >/proc/sys/vm/drop_caches
+    drop
     if [ "$way" = sqfs ]; then
         squashfuse_ll "$IMAGE.zstd.sqfs" "$MNT"
     else
@@ -46,19 +38,15 @@ run_way() {
         "$bin" mount "$WORK/src" "$MNT" -o "ro${opts:+,$opts}"
     fi
     for _ in $(seq 100); do [ -e "$MNT/$NAME" ] && break; sleep 0.05; done
-    local t0 t1
+    local t0 t1 took
     if [ "$MODE" = cp ]; then
         t0=$(now); cat "$MNT/$NAME" >/dev/null; t1=$(now)
+        took=$(secs "$t0" "$t1")
     else
-        LOOPDEV=$(losetup -r -f --show "$MNT/$NAME")
-        mount -t ext4 -o ro,noload "$LOOPDEV" "$LOOPMNT"
-        t0=$(now)
-        if [ "$MODE" = data ]; then tar cf - -C "$LOOPMNT" . | cat >/dev/null; else tar cf /dev/null -C "$LOOPMNT" .; fi
-        t1=$(now)
-        umount "$LOOPMNT"; losetup -d "$LOOPDEV"; LOOPDEV=
+        took=$(loop_tar "$MNT/$NAME" "$MODE")
     fi
     fusermount3 -u "$MNT" 2>/dev/null || umount "$MNT"
-    python3 -c "print(f'{$t1 - $t0:.3f}')"
+    echo "$took"
 }
 
 for way in "${WAYS[@]}"; do

@@ -37,21 +37,9 @@ if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
 fi
 
-now() { date +%s.%N; }
-secs() { python3 -c "print(f'{$2 - $1:.2f}')"; }
-drop() { sync; echo 3 >/proc/sys/vm/drop_caches; }
-
-WORK=$(mktemp -d /var/tmp/pixelrts-read.XXXXXX)
-MNT=$WORK/mnt
-LOOPMNT=$WORK/loop
-mkdir -p "$MNT" "$LOOPMNT"
-cleanup() {
-    mountpoint -q "$LOOPMNT" && umount "$LOOPMNT" || true
-    [ -n "${LOOPDEV:-}" ] && losetup -d "$LOOPDEV" 2>/dev/null || true
-    mountpoint -q "$MNT" && { fusermount3 -u "$MNT" 2>/dev/null || umount -l "$MNT"; } || true
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
+# shellcheck source=scripts/mount-bench-common.sh
+source "$ROOT/scripts/mount-bench-common.sh"
+bench_workdir pixelrts-read
 
 # mount_way WAY: mounts the file as WAY at $MNT, sets $SERVED (the file's path in the mount).
 mount_way() {
@@ -87,25 +75,6 @@ import json, sys
 j = json.load(sys.stdin)["jobs"][0]["read"]
 p = j["clat_ns"]["percentile"]
 print("%.0f %.0f %.0f" % (j["iops"], p["50.000000"] / 1000, p["99.000000"] / 1000))'
-}
-
-# loop_tar [data]: loop-mounts $SERVED read-only, times `tar cf /dev/null` of its tree (with
-# "data": `tar cf - | cat`, which reads the files' contents too).
-loop_tar() {
-    LOOPDEV=$(losetup -r -f --show "$SERVED")
-    mount -t ext4 -o ro,noload "$LOOPDEV" "$LOOPMNT"
-    local t0 t1
-    t0=$(now)
-    if [ "${1:-}" = data ]; then
-        tar cf - -C "$LOOPMNT" . | cat >/dev/null
-    else
-        tar cf /dev/null -C "$LOOPMNT" .
-    fi
-    t1=$(now)
-    umount "$LOOPMNT"
-    losetup -d "$LOOPDEV"
-    LOOPDEV=
-    secs "$t0" "$t1"
 }
 
 CACHE=${BENCH_READ_CACHE:-}
@@ -152,11 +121,11 @@ for f in "$@"; do
         tar_cold=- tar_warm=- tar_data=-
         if [ "$is_ext4" = yes ]; then
             drop; mount_way "$way"
-            tar_cold=$(loop_tar)
-            tar_warm=$(loop_tar)
+            tar_cold=$(loop_tar "$SERVED")
+            tar_warm=$(loop_tar "$SERVED")
             unmount_way "$way"
             drop; mount_way "$way"
-            tar_data=$(loop_tar data)
+            tar_data=$(loop_tar "$SERVED" data)
             unmount_way "$way"
         fi
         printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' \
