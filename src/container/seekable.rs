@@ -561,16 +561,25 @@ impl SeekableImage {
         let tile_len = scratch.tile_len;
         let mut pixels = std::mem::take(&mut scratch.run_pixels);
         pixels.resize(tile_len * tiles.len(), 0);
-        let result = self.decode_run_into(
+        let inflated = self.inflate_run(
             stripe,
             first_column,
             tiles,
-            outputs,
             scratch,
             run_buf,
             &spans,
             &mut pixels,
         );
+        // Each tile checked and gathered while it is still in the CPU's cache.
+        let result = inflated.and_then(|()| {
+            for (k, (&j, out)) in tiles.iter().zip(outputs.iter_mut()).enumerate() {
+                let tile = &pixels[k * tile_len..(k + 1) * tile_len];
+                self.check_tile_crc(j, tile)?;
+                let place = self.tables.place_of(j);
+                gather_tile(self.tables.positions(&place), tile, out);
+            }
+            Ok(())
+        });
         scratch.run_pixels = pixels;
         result
     }
@@ -600,29 +609,6 @@ impl SeekableImage {
         let tile_len = scratch.tile_len;
         for (k, &j) in tiles.iter().enumerate() {
             self.check_tile_crc(j, &pixels[k * tile_len..(k + 1) * tile_len])?;
-        }
-        Ok(())
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn decode_run_into(
-        &self,
-        stripe: u64,
-        first_column: u64,
-        tiles: &[u64],
-        outputs: &mut [&mut [u8]],
-        scratch: &mut TileScratch,
-        run_buf: &mut Vec<u8>,
-        spans: &[Vec<PieceSpan>],
-        pixels: &mut [u8],
-    ) -> Result<()> {
-        self.inflate_run(stripe, first_column, tiles, scratch, run_buf, spans, pixels)?;
-        let tile_len = scratch.tile_len;
-        for (k, (&j, out)) in tiles.iter().zip(outputs.iter_mut()).enumerate() {
-            let tile = &pixels[k * tile_len..(k + 1) * tile_len];
-            self.check_tile_crc(j, tile)?;
-            let place = self.tables.place_of(j);
-            gather_tile(self.tables.positions(&place), tile, out);
         }
         Ok(())
     }
