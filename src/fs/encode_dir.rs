@@ -536,24 +536,10 @@ impl EncodeDir {
     }
 
     fn file_attr(&self, st: &FileState) -> Result<EntryAttr> {
-        let state = match (&st.png, st.dirty) {
-            (Some(png), false) => EntryState::Committed { png: png.clone() },
-            _ => EntryState::Spooled,
-        };
         if st.spool {
             let path = self.data.join(&st.rel);
             let m = fs::metadata(&path).at(&path)?;
-            Ok(EntryAttr {
-                kind: EntryKind::File,
-                size: m.len(),
-                mode: m.mode() & 0o7777,
-                mtime: m.modified().at(&path)?,
-                ctime: change_time(&m),
-                uid: m.uid(),
-                gid: m.gid(),
-                subdirs: 0,
-                state,
-            })
+            Self::spool_file_attr(st, &m, &path)
         } else {
             Ok(EntryAttr {
                 kind: EntryKind::File,
@@ -564,8 +550,31 @@ impl EncodeDir {
                 uid: st.uid,
                 gid: st.gid,
                 subdirs: 0,
-                state,
+                state: Self::file_state(st),
             })
+        }
+    }
+
+    /// Attributes of a file entry whose bytes are the spool file with metadata `m` (`path`
+    /// names it in errors).
+    fn spool_file_attr(st: &FileState, m: &fs::Metadata, path: &Path) -> Result<EntryAttr> {
+        Ok(EntryAttr {
+            kind: EntryKind::File,
+            size: m.len(),
+            mode: m.mode() & 0o7777,
+            mtime: m.modified().at(path)?,
+            ctime: change_time(m),
+            uid: m.uid(),
+            gid: m.gid(),
+            subdirs: 0,
+            state: Self::file_state(st),
+        })
+    }
+
+    fn file_state(st: &FileState) -> EntryState {
+        match (&st.png, st.dirty) {
+            (Some(png), false) => EntryState::Committed { png: png.clone() },
+            _ => EntryState::Spooled,
         }
     }
 
@@ -580,6 +589,21 @@ impl EncodeDir {
             gid: d.gid,
             subdirs,
             state: EntryState::Dir,
+        }
+    }
+
+    /// Applies an attribute change to the folder `rel` (its ctime becomes now) and returns its
+    /// attributes; ENOENT when it went away meanwhile.
+    fn change_dir(&self, rel: &Path, change: impl FnOnce(&mut DirInfo)) -> Result<EntryAttr> {
+        let mut tree = lock(&self.tree);
+        let subdirs = Self::subdirs(&tree, rel);
+        match tree.nodes.get_mut(rel) {
+            Some(Node::Dir(d)) => {
+                change(d);
+                d.ctime = SystemTime::now();
+                Ok(Self::dir_attr(d, subdirs))
+            }
+            _ => Err(errno(rel, libc::ENOENT)),
         }
     }
 
@@ -921,7 +945,7 @@ impl EncodeDir {
             if st.dirty && !st.detached && !st.closed {
                 // The bytes first, then the record that they are complete.
                 handle.file.sync_all().at(&st.rel)?;
-                self.store_meta(&st.rel, &st.xattrs.clone(), true)?;
+                self.store_meta(&st.rel, &st.xattrs, true)?;
                 st.closed = true;
             } else if !st.closed {
                 // Published by another handle's close already, or unlinked.
@@ -938,7 +962,7 @@ impl EncodeDir {
     /// bytes at the next mount. The caller holds the entry's io lock.
     fn reopen(&self, st: &mut FileState) -> Result<()> {
         if st.closed {
-            self.store_meta(&st.rel, &st.xattrs.clone(), false)?;
+            self.store_meta(&st.rel, &st.xattrs, false)?;
             st.closed = false;
         }
         Ok(())
@@ -950,21 +974,7 @@ impl EncodeDir {
         let handle = self.handle(h)?;
         let st = lock(&handle.node.state);
         let m = handle.file.metadata().at(&st.rel)?;
-        let state = match (&st.png, st.dirty) {
-            (Some(png), false) => EntryState::Committed { png: png.clone() },
-            _ => EntryState::Spooled,
-        };
-        let attr = EntryAttr {
-            kind: EntryKind::File,
-            size: m.len(),
-            mode: m.mode() & 0o7777,
-            mtime: m.modified().unwrap_or_else(|_| SystemTime::now()),
-            ctime: change_time(&m),
-            uid: m.uid(),
-            gid: m.gid(),
-            subdirs: 0,
-            state,
-        };
+        let attr = Self::spool_file_attr(&st, &m, &st.rel)?;
         Ok((attr, st.detached))
     }
 
@@ -1011,21 +1021,14 @@ impl EncodeDir {
                 if size.is_some() {
                     return Err(errno(&rel, libc::EISDIR));
                 }
-                let mut tree = lock(&self.tree);
-                let subdirs = Self::subdirs(&tree, &rel);
-                return match tree.nodes.get_mut(&rel) {
-                    Some(Node::Dir(d)) => {
-                        if let Some(m) = mode {
-                            d.mode = m & 0o7777;
-                        }
-                        if let Some(t) = mtime {
-                            d.mtime = t;
-                        }
-                        d.ctime = SystemTime::now();
-                        Ok(Self::dir_attr(d, subdirs))
+                return self.change_dir(&rel, |d| {
+                    if let Some(m) = mode {
+                        d.mode = m & 0o7777;
                     }
-                    _ => Err(errno(&rel, libc::ENOENT)),
-                };
+                    if let Some(t) = mtime {
+                        d.mtime = t;
+                    }
+                });
             }
         };
         let io_guard = lock(&node.io);
@@ -1096,17 +1099,10 @@ impl EncodeDir {
         let node = match self.lookup(&rel)? {
             Node::File(f) => f,
             Node::Dir(_) => {
-                let mut tree = lock(&self.tree);
-                let subdirs = Self::subdirs(&tree, &rel);
-                return match tree.nodes.get_mut(&rel) {
-                    Some(Node::Dir(d)) => {
-                        d.uid = uid.unwrap_or(d.uid);
-                        d.gid = gid.unwrap_or(d.gid);
-                        d.ctime = SystemTime::now();
-                        Ok(Self::dir_attr(d, subdirs))
-                    }
-                    _ => Err(errno(&rel, libc::ENOENT)),
-                };
+                return self.change_dir(&rel, |d| {
+                    d.uid = uid.unwrap_or(d.uid);
+                    d.gid = gid.unwrap_or(d.gid);
+                });
             }
         };
         let _io = lock(&node.io);

@@ -373,7 +373,8 @@ impl EncodeDir {
             }
             // The copy belongs to the entry's owner, as the image did (set-id bits are
             // cleared by a chown, so the mode comes after it).
-            if owner != (f.metadata().at(&tmp)?.uid(), f.metadata().at(&tmp)?.gid()) {
+            let made = f.metadata().at(&tmp)?;
+            if owner != (made.uid(), made.gid()) {
                 std::os::unix::fs::fchown(&f, Some(owner.0), Some(owner.1)).at(&tmp)?;
             }
             f.set_permissions(fs::Permissions::from_mode(mode))
