@@ -24,7 +24,7 @@ use fuser::{
 };
 
 use super::encode_dir::{EncodeDir, EntryAttr, EntryKind, Opened};
-use super::view::{self, Entry, Kind, View};
+use super::view::{self, Entry, Kind, Probe, View};
 use super::xattr::{self, SizedReply};
 use crate::error::Error;
 use crate::reader::Reader;
@@ -39,6 +39,11 @@ const FIRST_FREE_INO: u64 = 3;
 /// `st_blksize`: programs size their buffers by it; large reads decode tiles in parallel.
 const BLKSIZE: u32 = 1 << 17;
 
+thread_local! {
+    /// Each FUSE worker's buffer for decoded-file reads (grows to the largest read, max_read).
+    static READ_BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Which tree a node belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Area {
@@ -52,6 +57,11 @@ struct Node {
     name: OsString,
     kind: Kind,
     lookups: u64,
+    /// For a decoded file: the version of its PNG this inode stands for. An inode never
+    /// changes content: when SOURCE gets a new PNG under the name, the name gets a new inode,
+    /// and this one keeps serving the old version to whoever still has it open (so the
+    /// kernel's page cache never holds pages of two versions under one inode).
+    version: Option<Arc<Probe>>,
 }
 
 #[derive(Debug, Default)]
@@ -62,12 +72,21 @@ struct Nodes {
 }
 
 impl Nodes {
-    /// The inode for (parent, name) of this kind, created when new or when the name now
-    /// names something of another kind (the kernel treats a kind change as a stale inode).
-    fn get_or_insert(&mut self, parent: u64, name: &OsStr, kind: Kind) -> u64 {
+    /// The inode for (parent, name) of this kind and version, created when new or when the
+    /// name now names something of another kind (the kernel treats a kind change as a stale
+    /// inode) or another version of a decoded file.
+    fn get_or_insert(
+        &mut self,
+        parent: u64,
+        name: &OsStr,
+        kind: Kind,
+        version: Option<&Arc<Probe>>,
+    ) -> u64 {
         let key = (parent, name.to_os_string());
         if let Some(&ino) = self.by_name.get(&key) {
-            if self.by_ino.get(&ino).is_some_and(|n| n.kind == kind) {
+            if self.by_ino.get(&ino).is_some_and(|n| {
+                n.kind == kind && n.version.as_ref().map(|p| p.key) == version.map(|p| p.key)
+            }) {
                 return ino;
             }
         }
@@ -80,10 +99,49 @@ impl Nodes {
                 name: name.to_os_string(),
                 kind,
                 lookups: 0,
+                version: version.cloned(),
             },
         );
         self.by_name.insert(key, ino);
         ino
+    }
+
+    /// [`get_or_insert`](Self::get_or_insert) for a reply that hands the inode to the kernel:
+    /// counts the kernel's reference in the same step, so a FORGET of the same inode handled
+    /// meanwhile on another worker cannot remove it between the two (the kernel would then
+    /// hold an inode this table no longer knows: ENOENT on everything).
+    fn get_or_insert_counted(
+        &mut self,
+        parent: u64,
+        name: &OsStr,
+        kind: Kind,
+        version: Option<&Arc<Probe>>,
+    ) -> u64 {
+        let ino = self.get_or_insert(parent, name, kind, version);
+        self.add_lookup(ino);
+        ino
+    }
+
+    /// Counts a reference the kernel takes on `item` (readdirplus), bringing the node back
+    /// if a FORGET removed it since the listing was taken.
+    fn count_listed(&mut self, parent: u64, item: &DirItem) {
+        if let Some(n) = self.by_ino.get_mut(&item.ino) {
+            n.lookups += 1;
+            return;
+        }
+        self.by_ino.insert(
+            item.ino,
+            Node {
+                parent,
+                name: item.name.clone(),
+                kind: item.kind,
+                lookups: 1,
+                version: item.version.clone(),
+            },
+        );
+        self.by_name
+            .entry((parent, item.name.clone()))
+            .or_insert(item.ino);
     }
 
     fn add_lookup(&mut self, ino: u64) {
@@ -174,6 +232,8 @@ struct DirItem {
     ino: u64,
     kind: Kind,
     attr: Option<FileAttr>,
+    /// A decoded file's version (see [`Node::version`]).
+    version: Option<Arc<Probe>>,
 }
 
 /// The filesystem served by `fuser`.
@@ -212,6 +272,7 @@ fn expected(code: i32) -> bool {
             | libc::EISDIR
             | libc::ENOTDIR
             | libc::EOPNOTSUPP
+            | libc::ESTALE
     )
 }
 
@@ -273,6 +334,11 @@ impl PixelFs {
 
     fn path_of(&self, ino: u64) -> Result<(Area, PathBuf), Errno> {
         self.nodes().path(ino).ok_or(Errno::ENOENT)
+    }
+
+    /// The version of a decoded file that inode `ino` stands for (None: not a decoded file).
+    fn version_of(&self, ino: u64) -> Option<Arc<Probe>> {
+        self.nodes().by_ino.get(&ino)?.version.clone()
     }
 
     /// Where child `name` of `parent` lives.
@@ -360,6 +426,10 @@ impl PixelFs {
         if ino == ENCODE_ROOT && self.encode.is_some() {
             return Ok(self.encode_root_attr());
         }
+        // A decoded file's attributes are those of its version, whatever SOURCE holds now.
+        if let Some(version) = self.version_of(ino) {
+            return Ok(self.view_attr(ino, &version.attr));
+        }
         let (area, rel) = self.path_of(ino)?;
         match area {
             Area::View => match self.view.entry(&rel) {
@@ -376,8 +446,8 @@ impl PixelFs {
         }
     }
 
-    /// Looks up a child and registers it (the caller decides whether to count a lookup).
-    fn lookup_child(&self, parent: u64, name: &OsStr) -> Result<FileAttr, Errno> {
+    /// Looks up a child and registers it, counting the kernel's reference when `counted`.
+    fn lookup_child(&self, parent: u64, name: &OsStr, counted: bool) -> Result<FileAttr, Errno> {
         if self.is_encode_root_name(parent, name) {
             return Ok(self.encode_root_attr());
         }
@@ -389,24 +459,36 @@ impl PixelFs {
                     .lookup(&dir, name)
                     .map_err(|e| self.fail("lookup", &dir.join(name), &e))?;
                 let a = entry.attr();
-                let ino = self.nodes_mut().get_or_insert(parent, name, a.kind);
+                let mut nodes = self.nodes_mut();
+                let ino = if counted {
+                    nodes.get_or_insert_counted(parent, name, a.kind, entry.version())
+                } else {
+                    nodes.get_or_insert(parent, name, a.kind, entry.version())
+                };
+                drop(nodes);
                 Ok(self.view_attr(ino, &a))
             }
             Area::Encode => {
                 let d = self.encode_dir().ok_or(Errno::ENOENT)?;
                 let rel = dir.join(name);
                 let a = d.getattr(&rel).map_err(|e| self.fail("lookup", &rel, &e))?;
-                Ok(self.register_encode(parent, name, &a))
+                Ok(self.register_encode(parent, name, &a, counted))
             }
         }
     }
 
-    fn register_encode(&self, parent: u64, name: &OsStr, a: &EntryAttr) -> FileAttr {
+    fn register_encode(&self, parent: u64, name: &OsStr, a: &EntryAttr, counted: bool) -> FileAttr {
         let kind = match a.kind {
             EntryKind::Dir => Kind::Dir,
             EntryKind::File => Kind::File,
         };
-        let ino = self.nodes_mut().get_or_insert(parent, name, kind);
+        let mut nodes = self.nodes_mut();
+        let ino = if counted {
+            nodes.get_or_insert_counted(parent, name, kind, None)
+        } else {
+            nodes.get_or_insert(parent, name, kind, None)
+        };
+        drop(nodes);
         self.encode_attr(ino, a)
     }
 
@@ -468,12 +550,14 @@ impl PixelFs {
                 ino,
                 kind: Kind::Dir,
                 attr: None,
+                version: None,
             },
             DirItem {
                 name: "..".into(),
                 ino: parent_ino,
                 kind: Kind::Dir,
                 attr: None,
+                version: None,
             },
         ];
         match area {
@@ -485,6 +569,7 @@ impl PixelFs {
                 if ino == ROOT {
                     if let Some((name, _)) = &self.encode {
                         items.push(DirItem {
+                            version: None,
                             name: name.clone(),
                             ino: ENCODE_ROOT,
                             kind: Kind::Dir,
@@ -495,8 +580,9 @@ impl PixelFs {
                 let mut nodes = self.nodes_mut();
                 for (name, e) in entries {
                     let a = e.attr();
-                    let child = nodes.get_or_insert(ino, &name, a.kind);
+                    let child = nodes.get_or_insert(ino, &name, a.kind, e.version());
                     items.push(DirItem {
+                        version: e.version().cloned(),
                         attr: Some(self.view_attr(child, &a)),
                         name,
                         ino: child,
@@ -508,8 +594,9 @@ impl PixelFs {
                 let d = self.encode_dir().ok_or(Errno::ENOENT)?;
                 let entries = d.list(&rel).map_err(|e| self.fail("readdir", &rel, &e))?;
                 for (name, a) in entries {
-                    let fa = self.register_encode(ino, &name, &a);
+                    let fa = self.register_encode(ino, &name, &a, false);
                     items.push(DirItem {
+                        version: None,
                         kind: if fa.kind == FileType::Directory {
                             Kind::Dir
                         } else {
@@ -589,11 +676,21 @@ impl PixelFs {
         Ok(rel)
     }
 
-    fn open_reader(&self, png: &Path) -> Result<(u64, FopenFlags), Errno> {
+    /// Opens `png` for reading; with `version`, only that version of it (else ESTALE, which
+    /// makes the kernel look the name up again and open the inode of the new version).
+    fn open_reader(&self, png: &Path, version: Option<&Probe>) -> Result<(u64, FopenFlags), Errno> {
         let (reader, keep) = self
             .view
             .open_reader(png)
             .map_err(|e| self.fail("open", png, &e))?;
+        // An inode of a version never changes content: its cached pages stay valid.
+        let keep = match version {
+            Some(v) if v.key != reader.file_key() => {
+                return Err(self.plain("open (replaced meanwhile)", png, libc::ESTALE))
+            }
+            Some(_) => true,
+            None => keep,
+        };
         let fh = self.new_handle(Handle::Reader { reader });
         let flags = if keep {
             FopenFlags::FOPEN_KEEP_CACHE
@@ -615,7 +712,13 @@ impl PixelFs {
                     return Err(self.plain("open for writing", &rel, libc::EROFS));
                 }
                 match self.view.entry(&rel) {
-                    Ok(Entry::File { png, .. }) => self.open_reader(&png),
+                    Ok(Entry::File { png, probe }) => match self.version_of(ino) {
+                        // The name now holds another version: that is another inode.
+                        Some(v) if v.key != probe.key => {
+                            Err(self.plain("open (replaced)", &rel, libc::ESTALE))
+                        }
+                        v => self.open_reader(&png, v.as_deref()),
+                    },
                     Ok(Entry::Dir { .. }) => Err(Errno::EISDIR),
                     Err(e) => Err(self.fail("open", &rel, &e)),
                 }
@@ -628,7 +731,7 @@ impl PixelFs {
                         self.new_handle(Handle::Encode { h, rel, ino }),
                         FopenFlags::empty(),
                     )),
-                    Ok(Opened::Committed(png)) => self.open_reader(&png),
+                    Ok(Opened::Committed(png)) => self.open_reader(&png, None),
                     Err(e) => Err(self.fail("open", &rel, &e)),
                 }
             }
@@ -640,10 +743,13 @@ impl PixelFs {
         if ino == ROOT || ino == ENCODE_ROOT {
             return Ok(None);
         }
-        let (area, rel) = self.path_of(ino)?;
         let Some(name) = name.to_str() else {
             return Ok(None);
         };
+        if let Some(version) = self.version_of(ino) {
+            return Ok(xattr::get(&version.metadata, name));
+        }
+        let (area, rel) = self.path_of(ino)?;
         match area {
             Area::View => match self.view.entry(&rel) {
                 Ok(Entry::File { probe, .. }) => Ok(xattr::get(&probe.metadata, name)),
@@ -664,6 +770,12 @@ impl PixelFs {
     fn xattr_names(&self, ino: u64) -> Result<Vec<String>, Errno> {
         if ino == ROOT || ino == ENCODE_ROOT {
             return Ok(Vec::new());
+        }
+        if let Some(version) = self.version_of(ino) {
+            return Ok(xattr::attributes(&version.metadata)
+                .into_iter()
+                .map(|(n, _)| n)
+                .collect());
         }
         let (area, rel) = self.path_of(ino)?;
         match area {
@@ -697,7 +809,8 @@ impl PixelFs {
         let perm = mode & !umask & 0o7777;
         match d.create_as(&rel, perm, Some(owner)) {
             Ok((h, a)) => {
-                let fa = self.register_encode(parent, name, &a);
+                // Counted: the caller replies with this entry (or gives the count back).
+                let fa = self.register_encode(parent, name, &a, true);
                 let fh = self.new_handle(Handle::Encode {
                     h,
                     rel,
@@ -708,9 +821,14 @@ impl PixelFs {
             // Lost a race with another creator: without O_EXCL, open what is there.
             Err(e) if e.errno() == libc::EEXIST && flags & libc::O_EXCL == 0 => {
                 let a = d.getattr(&rel).map_err(|e| self.fail("create", &rel, &e))?;
-                let fa = self.register_encode(parent, name, &a);
-                let (fh, fl) = self.do_open(fa.ino.0, OpenFlags(flags))?;
-                Ok((fa, fh, fl))
+                let fa = self.register_encode(parent, name, &a, true);
+                match self.do_open(fa.ino.0, OpenFlags(flags)) {
+                    Ok((fh, fl)) => Ok((fa, fh, fl)),
+                    Err(e) => {
+                        self.nodes_mut().forget(fa.ino.0, 1);
+                        Err(e)
+                    }
+                }
             }
             Err(e) => Err(self.fail("create", &rel, &e)),
         }
@@ -795,11 +913,8 @@ impl Filesystem for PixelFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.lookup_child(parent.0, name) {
-            Ok(a) => {
-                self.nodes_mut().add_lookup(a.ino.0);
-                reply.entry(&TTL, &a, Generation(0));
-            }
+        match self.lookup_child(parent.0, name, true) {
+            Ok(a) => reply.entry(&TTL, &a, Generation(0)),
             Err(e) => reply.error(e),
         }
     }
@@ -888,11 +1003,11 @@ impl Filesystem for PixelFs {
                     }
                 }
                 match result {
-                    Ok(()) => {
-                        self.nodes_mut().add_lookup(a.ino.0);
-                        reply.entry(&TTL, &a, Generation(0));
+                    Ok(()) => reply.entry(&TTL, &a, Generation(0)),
+                    Err(e) => {
+                        self.nodes_mut().forget(a.ino.0, 1);
+                        reply.error(e)
                     }
-                    Err(e) => reply.error(e),
                 }
             }
             Err(e) => reply.error(e),
@@ -917,8 +1032,7 @@ impl Filesystem for PixelFs {
         };
         match d.mkdir_as(&rel, mode & !umask & 0o7777, Some((req.uid(), req.gid()))) {
             Ok(a) => {
-                let fa = self.register_encode(parent.0, name, &a);
-                self.nodes_mut().add_lookup(fa.ino.0);
+                let fa = self.register_encode(parent.0, name, &a, true);
                 reply.entry(&TTL, &fa, Generation(0));
             }
             Err(e) => reply.error(self.fail("mkdir", &rel, &e)),
@@ -1031,13 +1145,19 @@ impl Filesystem for PixelFs {
     ) {
         if let Some(reader) = self.reader_of(fh.0) {
             let want = (size as u64).min(reader.len().saturating_sub(offset)) as usize;
-            let mut buf = vec![0u8; want];
-            return match reader.read_at(offset, &mut buf) {
-                Ok(n) => reply.data(&buf[..n]),
-                // Never wrong bytes: any reader error is EIO (or its own errno), logged with
-                // the PNG's name.
-                Err(e) => reply.error(self.fail("read", reader.path(), &e)),
-            };
+            return READ_BUFFER.with_borrow_mut(|buf| {
+                // The reader fills what it returns; a worker's buffer is reused, not zeroed
+                // and freed per request.
+                if buf.len() < want {
+                    buf.resize(want, 0);
+                }
+                match reader.read_at(offset, &mut buf[..want]) {
+                    Ok(n) => reply.data(&buf[..n]),
+                    // Never wrong bytes: any reader error is EIO (or its own errno), logged
+                    // with the PNG's name.
+                    Err(e) => reply.error(self.fail("read", reader.path(), &e)),
+                }
+            });
         }
         if let Some((h, rel)) = self.encode_handle(fh.0) {
             let Some(d) = self.encode_dir() else {
@@ -1194,7 +1314,7 @@ impl Filesystem for PixelFs {
                 break;
             }
             if !dot {
-                self.nodes_mut().add_lookup(item.ino);
+                self.nodes_mut().count_listed(ino.0, item);
             }
         }
         reply.ok()
@@ -1345,10 +1465,7 @@ impl Filesystem for PixelFs {
         reply: ReplyCreate,
     ) {
         match self.create_file((req.uid(), req.gid()), parent.0, name, mode, umask, flags) {
-            Ok((a, fh, fl)) => {
-                self.nodes_mut().add_lookup(a.ino.0);
-                reply.created(&TTL, &a, Generation(0), FileHandle(fh), fl)
-            }
+            Ok((a, fh, fl)) => reply.created(&TTL, &a, Generation(0), FileHandle(fh), fl),
             Err(e) => reply.error(e),
         }
     }
@@ -1364,20 +1481,20 @@ mod tests {
             next: FIRST_FREE_INO,
             ..Default::default()
         };
-        let d = n.get_or_insert(ENCODE_ROOT, OsStr::new("d"), Kind::Dir);
-        let f = n.get_or_insert(d, OsStr::new("f"), Kind::File);
+        let d = n.get_or_insert(ENCODE_ROOT, OsStr::new("d"), Kind::Dir, None);
+        let f = n.get_or_insert(d, OsStr::new("f"), Kind::File, None);
         assert_eq!(n.path(f), Some((Area::Encode, PathBuf::from("d/f"))));
         n.rename(ENCODE_ROOT, OsStr::new("d"), ENCODE_ROOT, OsStr::new("e"));
         assert_eq!(n.path(f), Some((Area::Encode, PathBuf::from("e/f"))));
-        assert_eq!(n.get_or_insert(d, OsStr::new("f"), Kind::File), f);
+        assert_eq!(n.get_or_insert(d, OsStr::new("f"), Kind::File, None), f);
         // Replacing a target detaches it.
-        let g = n.get_or_insert(d, OsStr::new("g"), Kind::File);
+        let g = n.get_or_insert(d, OsStr::new("g"), Kind::File, None);
         n.rename(d, OsStr::new("f"), d, OsStr::new("g"));
         assert_eq!(n.path(g), None);
         assert_eq!(n.path(f), Some((Area::Encode, PathBuf::from("e/g"))));
         // A kind change gets a new number.
-        let v = n.get_or_insert(ROOT, OsStr::new("x"), Kind::File);
-        let w = n.get_or_insert(ROOT, OsStr::new("x"), Kind::Dir);
+        let v = n.get_or_insert(ROOT, OsStr::new("x"), Kind::File, None);
+        let w = n.get_or_insert(ROOT, OsStr::new("x"), Kind::Dir, None);
         assert_ne!(v, w);
         // Forget drops a node once its lookups are gone.
         n.add_lookup(w);

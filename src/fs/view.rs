@@ -35,8 +35,9 @@ pub const SUFFIX: &str = ".rts.png";
 pub const HIDDEN_PREFIX: &str = ".pixelrts";
 /// Probes kept at most (each holds one file's metadata).
 const MAX_PROBES: usize = 65536;
-/// Readers kept open at most while unused; beyond this, unused ones are closed.
-const MAX_IDLE_READERS: usize = 256;
+/// Readers kept open at most while unused; beyond this, unused ones are closed. Each holds a
+/// descriptor, its index and decode scratch (a plain PNG's checkpoints: ~33 KiB per MiB).
+const MAX_IDLE_READERS: usize = 64;
 
 /// What a view entry is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,6 +88,13 @@ impl Entry {
     }
     pub fn kind(&self) -> Kind {
         self.attr().kind
+    }
+    /// The version of a decoded file (None for a folder).
+    pub fn version(&self) -> Option<&Arc<Probe>> {
+        match self {
+            Entry::Dir { .. } => None,
+            Entry::File { probe, .. } => Some(probe),
+        }
     }
 }
 
