@@ -183,24 +183,35 @@ impl TileCache {
         self.lock().lru.peek(key).cloned()
     }
 
-    /// Inserts a tile, evicting least recently used ones until the cache is within budget.
-    /// A tile larger than the whole budget is not kept.
+    /// Inserts a tile, evicting least recently used ones until the cache — tiles and spare
+    /// buffers together — is within budget. A tile larger than the whole budget is not kept.
     pub fn insert(&self, key: TileKey, tile: Arc<[u8]>) {
         let size = tile.len() as u64;
         if size > self.budget {
             return;
         }
+        // Spare buffers count against the budget: `cache_size` bounds the memory the cache
+        // holds, not only what it can hit.
+        let spare_cap = MAX_SPARE_BYTES.min(self.budget / 16);
         let mut inner = self.lock();
         if let Some(old) = inner.lru.put(key, tile) {
             inner.bytes -= old.len() as u64;
         }
         inner.bytes += size;
-        while inner.bytes > self.budget {
+        while inner.bytes + inner.spare_bytes > self.budget {
+            if inner.bytes + spare_cap <= self.budget {
+                // The tiles are within their share: free spare buffers.
+                match inner.spare.pop() {
+                    Some(b) => inner.spare_bytes -= b.len() as u64,
+                    None => break,
+                }
+                continue;
+            }
             match inner.lru.pop_lru() {
                 Some((_, v)) => {
                     inner.bytes -= v.len() as u64;
                     let len = v.len() as u64;
-                    if Arc::strong_count(&v) == 1 && inner.spare_bytes + len <= MAX_SPARE_BYTES {
+                    if Arc::strong_count(&v) == 1 && inner.spare_bytes + len <= spare_cap {
                         inner.spare_bytes += len;
                         inner.spare.push(v);
                     }
@@ -223,6 +234,17 @@ impl TileCache {
                 // still unique.
                 debug_assert_eq!(Arc::strong_count(&b), 1);
                 return b;
+            }
+            // A new buffer: make room for it first, so that tiles being decoded (not yet
+            // inserted) fit in the budget with the cached ones instead of on top of them.
+            while inner.bytes + inner.spare_bytes + len as u64 > self.budget {
+                if let Some(b) = inner.spare.pop() {
+                    inner.spare_bytes -= b.len() as u64;
+                } else if let Some((_, v)) = inner.lru.pop_lru() {
+                    inner.bytes -= v.len() as u64;
+                } else {
+                    break;
+                }
             }
         }
         std::iter::repeat_n(0u8, len).collect()
@@ -261,6 +283,12 @@ impl TileCache {
         }
     }
 
+    /// Bytes held now: cached tiles and spare buffers.
+    pub fn bytes_held(&self) -> u64 {
+        let inner = self.lock();
+        inner.bytes + inner.spare_bytes
+    }
+
     /// Drops every tile (counters are kept).
     pub fn clear(&self) {
         let mut inner = self.lock();
@@ -293,5 +321,43 @@ impl TileCache {
             bytes_cached,
             budget: self.budget,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(tile: u64) -> TileKey {
+        TileKey {
+            file: FileKey {
+                dev: 1,
+                ino: 2,
+                size: 3,
+                mtime_ns: 4,
+            },
+            tile,
+        }
+    }
+
+    #[test]
+    fn spare_buffers_count_against_the_budget() {
+        // The soak's memory bound: what the cache holds, spare buffers included, stays within
+        // cache_size (spare buffers used to come on top, up to 8 MiB).
+        let budget = 4 << 20;
+        let cache = TileCache::new(budget);
+        for t in 0..200 {
+            let mut b = cache.buffer(256 << 10);
+            Arc::get_mut(&mut b).unwrap()[0] = t as u8;
+            cache.insert(key(t), b);
+            assert!(
+                cache.bytes_held() <= budget,
+                "{} > {budget}",
+                cache.bytes_held()
+            );
+        }
+        // Evicted buffers are still reused: the last tiles came from spare memory.
+        assert!(cache.stats().bytes_cached >= budget - budget / 16 - (256 << 10));
+        assert!(cache.get(&key(199)).is_some() && cache.get(&key(0)).is_none());
     }
 }

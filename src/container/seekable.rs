@@ -45,7 +45,7 @@ pub struct TileScratch {
     with_filter: Vec<u8>,
     /// Bytes of one row-major tile.
     tile_len: usize,
-    run_pixels: Vec<u8>,
+    pub(crate) run_pixels: Vec<u8>,
     /// One piece read on its own.
     piece: Vec<u8>,
 }

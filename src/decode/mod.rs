@@ -76,7 +76,7 @@ pub fn default_output(input: &Path) -> PathBuf {
 pub fn decode_file(input: &Path, output: &Path, opts: &DecodeOptions) -> Result<DecodeReport> {
     let container = Container::open(input)?;
     let out = AtomicOutput::create(output, opts.overwrite)?;
-    let report = with_threads(opts.threads, || {
+    let report = with_threads(None, opts.threads, || {
         decode_container(&container, Sink::File(&out.file), opts)
     })?;
     out.commit(false)?;
@@ -90,7 +90,7 @@ pub fn decode_to_writer(
     opts: &DecodeOptions,
 ) -> Result<DecodeReport> {
     let container = Container::open(input)?;
-    with_threads(opts.threads, || {
+    with_threads(None, opts.threads, || {
         decode_container(&container, Sink::Stream(out), opts)
     })
 }
@@ -138,7 +138,7 @@ pub fn verify_file(input: &Path, threads: Option<usize>) -> Result<VerifyReport>
         ..Default::default()
     };
     let mut sink = std::io::sink();
-    let report = with_threads(opts.threads, || {
+    let report = with_threads(None, opts.threads, || {
         decode_container(&container, Sink::Stream(&mut sink), &opts)
     })?;
     Ok(VerifyReport {

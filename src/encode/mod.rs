@@ -95,6 +95,9 @@ pub struct EncodeOptions {
     pub compress_level: u32,
     /// Original bytes per segment of a compressed payload.
     pub segment_size: u32,
+    /// Run on this pool instead of building one per encode (a mount's encodes share one, so
+    /// they neither start threads per file nor spread their memory over new threads).
+    pub pool: Option<Arc<rayon::ThreadPool>>,
 }
 
 impl Default for EncodeOptions {
@@ -118,6 +121,7 @@ impl Default for EncodeOptions {
             compress: CompressMode::Auto,
             compress_level: compressed::DEFAULT_COMPRESS_LEVEL,
             segment_size: compressed::DEFAULT_SEGMENT_SIZE,
+            pool: None,
         }
     }
 }
@@ -246,7 +250,8 @@ fn encode_with<W: Write + Seek + Send>(
     let compress_threads = opts
         .threads
         .or_else(|| std::thread::available_parallelism().map(|n| n.get()).ok());
-    with_threads(threads, || {
+    let pool = opts.pool.as_deref();
+    with_threads(pool, threads, || {
         let compress = match opts.compress {
             CompressMode::None => false,
             CompressMode::Zlib if opts.mode == Mode::Code => return Err(Error::InvalidArgument(
@@ -269,7 +274,7 @@ fn encode_with<W: Write + Seek + Send>(
         }
         // Deflate is the floor here, not SHA-256 (≈ 25× faster than level 6): the segments get
         // every core, the hash thread shares them.
-        let payload = with_threads(compress_threads, || {
+        let payload = with_threads(pool, compress_threads, || {
             compressed::compress_payload(
                 data,
                 release,

@@ -5,9 +5,12 @@
 //! `[j·T², (j+1)·T²)` always fill one aligned `T×T` square (a *tile*), and that inside every tile
 //! the curve is the canonical order-`log2 T` curve under one of the eight symmetries of the
 //! square. [`TileTables`] precomputes, for each symmetry that occurs, the row-major position of
-//! every local index, so scatter and gather become table lookups.
+//! every local index, so scatter and gather become table lookups. Those tables depend on the
+//! tile side only and are shared by every [`TileTables`] of that side in the process (a mount
+//! opens a reader per file and per version; each used to build its own 4 MiB of tables).
 
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 /// Hilbert index → (x, y) in an `n × n` grid (`n` a power of two); x is the column, y the row.
 pub fn d2xy(n: u64, d: u64) -> (u64, u64) {
@@ -99,12 +102,45 @@ pub struct TileTables {
     grid: u64,
     tile_side: u64,
     tiles_per_side: u64,
+    shapes: Arc<TileShapes>,
+}
+
+/// The lookup tables of one tile side, shared (see the module documentation).
+#[derive(Debug)]
+struct TileShapes {
     /// `d2xy(tile_side, i)` for every local index, canonical orientation.
     canonical: Vec<(u16, u16)>,
     /// Per symmetry id, built on first use: local index → row-major position in the tile.
     position_of_local: [OnceLock<Vec<u32>>; 8],
     /// Per symmetry id, built on first use: row-major position → local index (the inverse).
     local_of_position: [OnceLock<Vec<u32>>; 8],
+}
+
+impl TileShapes {
+    /// The tables of `tile_side`: the live ones if any [`TileTables`] holds them, else new.
+    fn of(tile_side: u64) -> Arc<TileShapes> {
+        static LIVE: OnceLock<Mutex<HashMap<u64, Weak<TileShapes>>>> = OnceLock::new();
+        let mut live = LIVE
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(shapes) = live.get(&tile_side).and_then(Weak::upgrade) {
+            return shapes;
+        }
+        let shapes = Arc::new(TileShapes {
+            canonical: (0..tile_side * tile_side)
+                .map(|i| {
+                    let (x, y) = d2xy(tile_side, i);
+                    (x as u16, y as u16)
+                })
+                .collect(),
+            position_of_local: Default::default(),
+            local_of_position: Default::default(),
+        });
+        live.retain(|_, w| w.strong_count() > 0);
+        live.insert(tile_side, Arc::downgrade(&shapes));
+        shapes
+    }
 }
 
 /// Where one tile sits and how its curve is oriented.
@@ -124,19 +160,11 @@ impl TileTables {
     pub fn new(grid: u64, tile_side: u64) -> Self {
         assert!(grid.is_power_of_two() && tile_side.is_power_of_two());
         assert!(tile_side <= grid && tile_side <= 4096);
-        let canonical = (0..tile_side * tile_side)
-            .map(|i| {
-                let (x, y) = d2xy(tile_side, i);
-                (x as u16, y as u16)
-            })
-            .collect();
         TileTables {
             grid,
             tile_side,
             tiles_per_side: grid / tile_side,
-            canonical,
-            position_of_local: Default::default(),
-            local_of_position: Default::default(),
+            shapes: TileShapes::of(tile_side),
         }
     }
 
@@ -187,7 +215,7 @@ impl TileTables {
             .iter()
             .find(|s| {
                 samples.iter().all(|&i| {
-                    let (cx, cy) = self.canonical[i as usize];
+                    let (cx, cy) = self.shapes.canonical[i as usize];
                     s.apply(t, (u64::from(cx), u64::from(cy))) == local(i)
                 })
             })
@@ -204,10 +232,11 @@ impl TileTables {
     /// For the tile at `place`: local index `i` (payload pixel `j·T² + i`) → row-major position
     /// `y·T + x` inside the tile.
     pub fn positions(&self, place: &TilePlace) -> &[u32] {
-        self.position_of_local[place.symmetry].get_or_init(|| {
+        self.shapes.position_of_local[place.symmetry].get_or_init(|| {
             let s = Symmetry::ALL[place.symmetry];
             let t = self.tile_side;
-            self.canonical
+            self.shapes
+                .canonical
                 .iter()
                 .map(|&(x, y)| {
                     let (x, y) = s.apply(t, (u64::from(x), u64::from(y)));
@@ -223,7 +252,7 @@ impl TileTables {
     /// [`TileTables::positions`]), so a scanline of the tile can be gathered straight from the
     /// payload.
     pub fn locals(&self, place: &TilePlace) -> &[u32] {
-        self.local_of_position[place.symmetry].get_or_init(|| {
+        self.shapes.local_of_position[place.symmetry].get_or_init(|| {
             let positions = self.positions(place);
             let mut locals = vec![0u32; positions.len()];
             for (local, &pos) in positions.iter().enumerate() {

@@ -211,6 +211,8 @@ pub struct EncodeDir {
     /// The spool's path inside SOURCE when it lies there (`.pixelrts-spool` by default).
     spool_in_source: Option<PathBuf>,
     opts: EncodeDirOptions,
+    /// The one pool every encode of this directory runs on.
+    pool: Arc<rayon::ThreadPool>,
     tree: Mutex<Tree>,
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
     next_handle: AtomicU64,
@@ -418,6 +420,15 @@ impl EncodeDir {
             meta,
             tmp,
             spool_in_source,
+            pool: Arc::new(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(opts.threads.unwrap_or(0))
+                    .thread_name(|i| format!("encode-{i}"))
+                    .build()
+                    .map_err(|e| {
+                        Error::InvalidArgument(format!("cannot start encoder threads: {e}"))
+                    })?,
+            ),
             opts,
             tree: Mutex::new(Tree {
                 nodes: BTreeMap::new(),

@@ -556,6 +556,7 @@ pub fn mount(
     on_end: impl FnOnce() + Send + 'static,
 ) -> Result<Mounted, MountError> {
     let checked = validate(source, mountpoint, opts)?;
+    crate::io_util::bound_heap_retention();
     let cache: Arc<TileCache> = TileCache::shared(opts.cache_size);
     let mut hidden_paths = Vec::new();
     if let Some(s) = &checked.spool {

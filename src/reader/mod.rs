@@ -54,6 +54,8 @@ use checkpoint::{CheckpointError, CheckpointIndex};
 const MAX_BAND_BYTES: u64 = 16 << 20;
 /// Tiles fetched per batch of a large read (bounds the memory a huge read holds).
 const BATCH_TILES: usize = 64;
+/// Capacity of a decode scratch's pixel buffer kept between reads (4 tiles of 256 KiB).
+const MAX_KEPT_RUN_BYTES: usize = 1 << 20;
 /// Sequential readahead of seekable files, in tiles: a read that starts where the previous
 /// one ended also decodes the rest of the aligned block of this many tiles. Hilbert order
 /// visits aligned 8x8 blocks of tiles one after another, so the block is 8 runs of 8 adjacent
@@ -389,7 +391,8 @@ impl Reader {
     /// Payload bytes `[offset, offset + buf.len())`, which must lie inside the payload.
     fn read_payload(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         match &*self.backend {
-            Backend::Empty => {}
+            // Callers' buffers are not zeroed (the mount reuses them): write every byte.
+            Backend::Empty => buf.fill(0),
             Backend::Base64Inline(bytes) => {
                 buf.copy_from_slice(&bytes[offset as usize..offset as usize + buf.len()]);
             }
@@ -945,6 +948,11 @@ impl Reader {
                 std::io::Error::other("tile buffer is shared"),
             ))
         };
+        // A long run grew the pixel buffer: keep what a typical read needs, not the most any
+        // read needed (idle readers keep their scratch).
+        if scratch.run_pixels.capacity() > MAX_KEPT_RUN_BYTES {
+            scratch.run_pixels = Vec::new();
+        }
         pool.lock().unwrap_or_else(|p| p.into_inner()).push(scratch);
         result?;
         self.cache.add_inflated(tile_bytes * tiles.len() as u64);

@@ -270,6 +270,7 @@ impl EncodeDir {
             fsync: true,
             record_file_attributes: true,
             gpu: self.opts.gpu,
+            pool: Some(self.pool.clone()),
             ..Default::default()
         };
         let proc_path = PathBuf::from(format!("/proc/self/fd/{}", input.as_raw_fd()));
