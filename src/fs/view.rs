@@ -33,11 +33,12 @@ use crate::reader::{Reader, ReaderOptions};
 pub const SUFFIX: &str = ".rts.png";
 /// Names starting with this are never shown (spool, temporary files of the encoder).
 pub const HIDDEN_PREFIX: &str = ".pixelrts";
-/// Probes kept at most (each holds one file's metadata).
-const MAX_PROBES: usize = 65536;
+/// Probes kept at most (each holds one file's metadata, 1–2 KiB: at most ~16 MiB; a probe
+/// costs an open and a header read to redo).
+const MAX_PROBES: usize = 8192;
 /// Readers kept open at most while unused; beyond this, unused ones are closed. Each holds a
 /// descriptor, its index and decode scratch (a plain PNG's checkpoints: ~33 KiB per MiB).
-const MAX_IDLE_READERS: usize = 64;
+const MAX_IDLE_READERS: usize = 32;
 
 /// What a view entry is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -272,7 +273,13 @@ impl View {
         let png = dir.join(png_name);
         match std::fs::metadata(&png) {
             Ok(m) if m.is_file() => {}
-            _ => return Err(errno_error(&shown, libc::ENOENT)),
+            _ => {
+                // Gone: so are what was kept for it (memory, and an idle reader's descriptor
+                // that would keep a deleted PNG's blocks allocated).
+                lock(&self.probes).remove(&png);
+                lock(&self.readers).remove(&png);
+                return Err(errno_error(&shown, libc::ENOENT));
+            }
         }
         // A PNG the codec cannot read is left out of listings, so it is absent here too
         // (the reason is logged).
