@@ -75,18 +75,25 @@ impl Nodes {
     /// The inode for (parent, name) of this kind and version, created when new or when the
     /// name now names something of another kind (the kernel treats a kind change as a stale
     /// inode) or another version of a decoded file.
+    ///
+    /// `counted`: the reply hands the inode to the kernel, whose reference is counted in the
+    /// same step, so a FORGET of the same inode handled meanwhile on another worker cannot
+    /// remove it between the two (the kernel would then hold an inode this table no longer
+    /// knows: ENOENT on everything).
     fn get_or_insert(
         &mut self,
         parent: u64,
         name: &OsStr,
         kind: Kind,
         version: Option<&Arc<Probe>>,
+        counted: bool,
     ) -> u64 {
         let key = (parent, name.to_os_string());
         if let Some(&ino) = self.by_name.get(&key) {
-            if self.by_ino.get(&ino).is_some_and(|n| {
+            if let Some(n) = self.by_ino.get_mut(&ino).filter(|n| {
                 n.kind == kind && n.version.as_ref().map(|p| p.key) == version.map(|p| p.key)
             }) {
+                n.lookups += u64::from(counted);
                 return ino;
             }
         }
@@ -98,27 +105,11 @@ impl Nodes {
                 parent,
                 name: name.to_os_string(),
                 kind,
-                lookups: 0,
+                lookups: u64::from(counted),
                 version: version.cloned(),
             },
         );
         self.by_name.insert(key, ino);
-        ino
-    }
-
-    /// [`get_or_insert`](Self::get_or_insert) for a reply that hands the inode to the kernel:
-    /// counts the kernel's reference in the same step, so a FORGET of the same inode handled
-    /// meanwhile on another worker cannot remove it between the two (the kernel would then
-    /// hold an inode this table no longer knows: ENOENT on everything).
-    fn get_or_insert_counted(
-        &mut self,
-        parent: u64,
-        name: &OsStr,
-        kind: Kind,
-        version: Option<&Arc<Probe>>,
-    ) -> u64 {
-        let ino = self.get_or_insert(parent, name, kind, version);
-        self.add_lookup(ino);
         ino
     }
 
@@ -142,12 +133,6 @@ impl Nodes {
         self.by_name
             .entry((parent, item.name.clone()))
             .or_insert(item.ino);
-    }
-
-    fn add_lookup(&mut self, ino: u64) {
-        if let Some(n) = self.by_ino.get_mut(&ino) {
-            n.lookups += 1;
-        }
     }
 
     fn forget(&mut self, ino: u64, count: u64) {
@@ -459,13 +444,9 @@ impl PixelFs {
                     .lookup(&dir, name)
                     .map_err(|e| self.fail("lookup", &dir.join(name), &e))?;
                 let a = entry.attr();
-                let mut nodes = self.nodes_mut();
-                let ino = if counted {
-                    nodes.get_or_insert_counted(parent, name, a.kind, entry.version())
-                } else {
-                    nodes.get_or_insert(parent, name, a.kind, entry.version())
-                };
-                drop(nodes);
+                let ino =
+                    self.nodes_mut()
+                        .get_or_insert(parent, name, a.kind, entry.version(), counted);
                 Ok(self.view_attr(ino, &a))
             }
             Area::Encode => {
@@ -482,13 +463,9 @@ impl PixelFs {
             EntryKind::Dir => Kind::Dir,
             EntryKind::File => Kind::File,
         };
-        let mut nodes = self.nodes_mut();
-        let ino = if counted {
-            nodes.get_or_insert_counted(parent, name, kind, None)
-        } else {
-            nodes.get_or_insert(parent, name, kind, None)
-        };
-        drop(nodes);
+        let ino = self
+            .nodes_mut()
+            .get_or_insert(parent, name, kind, None, counted);
         self.encode_attr(ino, a)
     }
 
@@ -580,7 +557,7 @@ impl PixelFs {
                 let mut nodes = self.nodes_mut();
                 for (name, e) in entries {
                     let a = e.attr();
-                    let child = nodes.get_or_insert(ino, &name, a.kind, e.version());
+                    let child = nodes.get_or_insert(ino, &name, a.kind, e.version(), false);
                     items.push(DirItem {
                         version: e.version().cloned(),
                         attr: Some(self.view_attr(child, &a)),
@@ -1481,24 +1458,31 @@ mod tests {
             next: FIRST_FREE_INO,
             ..Default::default()
         };
-        let d = n.get_or_insert(ENCODE_ROOT, OsStr::new("d"), Kind::Dir, None);
-        let f = n.get_or_insert(d, OsStr::new("f"), Kind::File, None);
+        let d = n.get_or_insert(ENCODE_ROOT, OsStr::new("d"), Kind::Dir, None, false);
+        let f = n.get_or_insert(d, OsStr::new("f"), Kind::File, None, false);
         assert_eq!(n.path(f), Some((Area::Encode, PathBuf::from("d/f"))));
         n.rename(ENCODE_ROOT, OsStr::new("d"), ENCODE_ROOT, OsStr::new("e"));
         assert_eq!(n.path(f), Some((Area::Encode, PathBuf::from("e/f"))));
-        assert_eq!(n.get_or_insert(d, OsStr::new("f"), Kind::File, None), f);
+        assert_eq!(
+            n.get_or_insert(d, OsStr::new("f"), Kind::File, None, false),
+            f
+        );
         // Replacing a target detaches it.
-        let g = n.get_or_insert(d, OsStr::new("g"), Kind::File, None);
+        let g = n.get_or_insert(d, OsStr::new("g"), Kind::File, None, false);
         n.rename(d, OsStr::new("f"), d, OsStr::new("g"));
         assert_eq!(n.path(g), None);
         assert_eq!(n.path(f), Some((Area::Encode, PathBuf::from("e/g"))));
         // A kind change gets a new number.
-        let v = n.get_or_insert(ROOT, OsStr::new("x"), Kind::File, None);
-        let w = n.get_or_insert(ROOT, OsStr::new("x"), Kind::Dir, None);
+        let v = n.get_or_insert(ROOT, OsStr::new("x"), Kind::File, None, false);
+        let w = n.get_or_insert(ROOT, OsStr::new("x"), Kind::Dir, None, false);
         assert_ne!(v, w);
         // Forget drops a node once its lookups are gone.
-        n.add_lookup(w);
-        n.add_lookup(w);
+        for _ in 0..2 {
+            assert_eq!(
+                n.get_or_insert(ROOT, OsStr::new("x"), Kind::Dir, None, true),
+                w
+            );
+        }
         n.forget(w, 1);
         assert!(n.path(w).is_some());
         n.forget(w, 1);
