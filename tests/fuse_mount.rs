@@ -179,18 +179,49 @@ impl Mounted {
     }
 
     fn mount(&self, opts: &[&str]) -> Output {
-        let args = self.mount_args(opts);
-        let args: Vec<&OsStr> = args.iter().map(|a| a.as_os_str()).collect();
-        pixelrts(&args)
+        self.mount_env(opts, &[])
+    }
+
+    /// Mounts with extra environment for the mount process (crash points). The mount process
+    /// logs to a file of this guard, which failure messages show.
+    fn mount_env(&self, opts: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut c = Command::new(bin());
+        c.args(self.mount_args(opts))
+            .env("PIXELRTS_LOG_FILE", self.log_path())
+            .env("PIXELRTS_LOG", "info,fuser=warn")
+            .envs(env.iter().copied());
+        run_limited(c, WAIT)
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self._tmp.path().join("mount.log")
+    }
+
+    /// The mount processes' log so far, for failure messages.
+    fn log(&self) -> String {
+        let text = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
     }
 
     fn mount_ok(&self, opts: &[&str]) {
-        let out = self.mount(opts);
-        assert!(out.status.success(), "mount failed: {}", describe(&out));
+        self.mount_ok_env(opts, &[]);
+    }
+
+    fn mount_ok_env(&self, opts: &[&str], env: &[(&str, &str)]) {
+        let out = self.mount_env(opts, env);
+        assert!(
+            out.status.success(),
+            "mount failed: {}\nmount log:\n{}",
+            describe(&out),
+            self.log()
+        );
         // Ready means ready: no waiting here.
         assert!(
             is_mounted(&self.mp),
-            "mount returned before the mount existed"
+            "mount returned before the mount existed; mount processes {:?}; mount log:\n{}",
+            mount_pids(&self.mp),
+            self.log()
         );
     }
 
@@ -1372,15 +1403,6 @@ fn an_ext4_image_loop_mounts_through_the_mount() {
 }
 
 impl Mounted {
-    /// Mounts with extra environment for the mount process (crash points).
-    fn mount_ok_env(&self, opts: &[&str], env: &[(&str, &str)]) {
-        let mut c = Command::new(bin());
-        c.args(self.mount_args(opts)).envs(env.iter().copied());
-        let out = run_limited(c, WAIT);
-        assert!(out.status.success(), "mount failed: {}", describe(&out));
-        assert!(is_mounted(&self.mp));
-    }
-
     /// After the mount process died: waits for it to be gone, detaches its mount.
     fn clean_up_dead_mount(&self) {
         let pids = mount_pids(&self.mp);
@@ -1396,6 +1418,25 @@ impl Mounted {
             &self.mp
         )));
     }
+}
+
+/// For a failure message: whether the PNG itself holds `data` (decoded outside the mount by
+/// an independent decoder), and its metadata.
+fn describe_png(png: &Path, data: &[u8]) -> String {
+    let bytes = match std::fs::read(png) {
+        Ok(b) => b,
+        Err(e) => return format!("{}: {e}", png.display()),
+    };
+    let content = match independent_rust_decode(&bytes) {
+        Ok(d) if d == data => "holds the written bytes".to_string(),
+        Ok(d) => format!("holds {} other bytes", d.len()),
+        Err(e) => format!("does not decode: {e}"),
+    };
+    let meta = png_metadata(&bytes).map(|m| Value::Object(m).to_string());
+    format!(
+        "the PNG ({} bytes) {content}; metadata {meta:?}",
+        bytes.len()
+    )
 }
 
 /// Every path under `dir` whose name marks a temporary file of an encode.
@@ -1462,10 +1503,17 @@ fn every_crash_point_leaves_the_file_published_whole_or_pending() {
         let published = m.src.join("f.bin.rts.png").exists();
         assert_eq!(published, published_expected, "{point}: published?");
         if published {
-            assert!(
-                std::fs::read(m.path("f.bin")).unwrap() == data,
-                "{point}: published with other bytes than were written"
-            );
+            let got = std::fs::read(m.path("f.bin")).unwrap();
+            if got != data {
+                let first = got.iter().zip(&data).position(|(a, b)| a != b);
+                panic!(
+                    "{point}: published with other bytes than were written: {} bytes read, \
+                     {} written, first difference at {first:?}; {}",
+                    got.len(),
+                    data.len(),
+                    describe_png(&m.src.join("f.bin.rts.png"), &data)
+                );
+            }
         } else {
             assert!(
                 !m.path("f.bin").exists(),

@@ -607,23 +607,78 @@ pub fn mount(
             mountpoint: checked.mountpoint.clone(),
             source: e,
         })?;
+    let mount_err = |e| MountError::Mount {
+        source_dir: checked.source.clone(),
+        mountpoint: checked.mountpoint.clone(),
+        source: e,
+    };
+    // Tells, after the session, whether the kernel still has this connection mounted.
+    let device = std::os::fd::AsFd::as_fd(&session)
+        .try_clone_to_owned()
+        .map_err(mount_err)?;
+    let serving = disown_fuser_unmount(session.spawn().map_err(mount_err)?);
+    let mountpoint = checked.mountpoint.clone();
     let thread = std::thread::Builder::new()
         .name("pixelrts-fuse".into())
         .spawn(move || {
-            let r = session.run();
+            let r = serving
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("the FUSE session thread panicked")));
+            // Ended while still mounted (an error, not an unmount): detach it, so the folder
+            // is not left with a dead mount. After an unmount nothing is done: the path may
+            // already hold someone else's new mount.
+            if connection_alive(&device) {
+                if let Err(e) = unmount(&mountpoint, true) {
+                    tracing::warn!("{e}");
+                }
+            }
+            drop(device);
             on_end();
             r
         })
-        .map_err(|e| MountError::Mount {
-            source_dir: checked.source.clone(),
-            mountpoint: checked.mountpoint.clone(),
-            source: e,
-        })?;
+        .map_err(mount_err)?;
     raise_readahead(&checked.mountpoint, READAHEAD_KIB);
     Ok(Mounted {
         mountpoint: checked.mountpoint,
         thread: Some(thread),
     })
+}
+
+/// The serving thread of a background session whose mount fuser will never unmount.
+///
+/// fuser 0.18 unmounts the mount point path when its session ends unless `/dev/fuse` polls
+/// with `POLLERR`, and it reads that test the wrong way round (fixed upstream in
+/// cberner/fuser#703, unreleased): after an outside `umount` it unmounts the path again,
+/// taking down whatever was mounted there since — a new mount of the same folder, as a
+/// restart makes (found by the crash-point test, which mounts again right after
+/// `pixelrts umount`). So its `Mount` is leaked here (it holds only descriptors, closed at
+/// exit) and the session thread's end is handled by [`connection_alive`] instead.
+fn disown_fuser_unmount(
+    session: fuser::BackgroundSession,
+) -> std::thread::JoinHandle<io::Result<()>> {
+    let session: &'static mut fuser::BackgroundSession = Box::leak(Box::new(session));
+    std::mem::replace(&mut session.guard, std::thread::spawn(|| Ok(())))
+}
+
+/// Whether the kernel still serves this FUSE connection: `/dev/fuse` polls with `POLLERR` once
+/// it is unmounted or aborted (as libfuse's `fuse_kern_unmount` tests).
+fn connection_alive(device: &std::os::fd::OwnedFd) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut p = libc::pollfd {
+        fd: device.as_raw_fd(),
+        events: 0,
+        revents: 0,
+    };
+    loop {
+        // SAFETY: one valid pollfd, zero timeout.
+        let n = unsafe { libc::poll(&mut p, 1, 0) };
+        if n >= 0 {
+            return p.revents & libc::POLLERR == 0;
+        }
+        if io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            return false;
+        }
+    }
 }
 
 fn fuse_config(checked: &Checked, opts: &MountOptions) -> fuser::Config {
