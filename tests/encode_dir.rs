@@ -359,6 +359,47 @@ fn copy_up_and_truncating_open_of_committed_entries() {
     assert_eq!(s.decoded("c"), b"sho\0\0\0\0\0\0\0");
 }
 
+/// A write open of a committed entry copies it up only when the handle is used: `O_TRUNC`
+/// (an open, then a truncate to 0, as the kernel sends it) decodes nothing; an unlink or a
+/// rename over the entry leaves an unused handle the bytes it opened.
+#[test]
+fn a_write_open_copies_up_only_when_the_handle_is_used() {
+    let s = Setup::new();
+    let d = s.open();
+    let data = sample(300_000, 6);
+    put(&d, "c", &data);
+
+    let h = handle(d.open(p("c"), true, false).unwrap());
+    assert!(!s.spool.join("data/c").exists(), "copied up at the open");
+    assert_eq!(d.getattr(p("c")).unwrap().size, data.len() as u64);
+    d.setattr(p("c"), Some(0), None, None).unwrap();
+    assert_eq!(fs::metadata(s.spool.join("data/c")).unwrap().len(), 0);
+    d.write(h, 0, b"new").unwrap();
+    d.flush(h).unwrap();
+    d.release(h).unwrap();
+    assert_eq!(s.decoded("c"), b"new");
+
+    // Unlinked, then read through a handle that had not used its file yet.
+    let h = handle(d.open(p("c"), true, false).unwrap());
+    d.unlink(p("c")).unwrap();
+    let mut buf = [0u8; 10];
+    assert_eq!(d.read(h, 0, &mut buf).unwrap(), 3);
+    assert_eq!(&buf[..3], b"new");
+    d.release(h).unwrap();
+
+    // Replaced by a rename, likewise.
+    put(&d, "e", &data);
+    let h = handle(d.open(p("e"), true, false).unwrap());
+    put(&d, "f", b"other");
+    d.rename(p("f"), p("e"), false).unwrap();
+    let mut buf = vec![0u8; data.len()];
+    assert_eq!(d.read(h, 0, &mut buf).unwrap(), data.len());
+    assert!(buf == data, "the replaced file's bytes");
+    d.release(h).unwrap();
+    assert_eq!(s.decoded("e"), b"other");
+    assert_eq!(names(&s.spool.join("tmp")), Vec::<String>::new());
+}
+
 #[test]
 fn rename_cases() {
     let s = Setup::new();

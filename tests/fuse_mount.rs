@@ -1615,6 +1615,64 @@ fn conformance_dir() -> PathBuf {
 /// (`allow_other`), with its two unprivileged users; every failing case must be listed, with
 /// its reason, in `tests/conformance/pjdfstest-expected-failures.txt`, and every listed case
 /// must still fail (a fixed one is removed from the list).
+/// Regression (pjdfstest `open::etxtbsy`, failing now and then under load): with the kernel's
+/// atomic O_TRUNC, `open(O_RDONLY|O_TRUNC)` of a running executable reached the mount's open
+/// with the truncation, and the kernel dropped the file's pages and size, before it refused
+/// the open with ETXTBSY: a program still loading from the file died (SIGSEGV in execve), and
+/// so does any process touching a mapping of the file then (SIGBUS).
+#[test]
+fn an_o_trunc_open_refused_with_etxtbsy_leaves_a_running_program_whole() {
+    use std::io::{BufRead, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::PermissionsExt;
+    let m = Mounted::new(&[]);
+    let original = std::fs::read("/bin/sleep").unwrap();
+    let prog = m.path("encode/prog");
+    std::fs::write(&prog, &original).unwrap();
+    std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut running = Command::new(&prog).arg("30").spawn().unwrap();
+    // A second victim that is deterministic: a mapping of the file, touched after the open.
+    let touch = "import mmap, sys\n\
+                 f = open(sys.argv[1], 'rb')\n\
+                 m = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)\n\
+                 print(sum(m[i] for i in range(0, len(m), 4096)), flush=True)\n\
+                 sys.stdin.readline()\n\
+                 print(sum(m[i] for i in range(0, len(m), 4096)), flush=True)\n";
+    let mut mapper = Command::new("python3")
+        .args(["-c", touch])
+        .arg(&prog)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(mapper.stdout.take().unwrap()).lines();
+    let before = lines.next().unwrap().unwrap();
+    let refused = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_TRUNC)
+        .open(&prog);
+    mapper.stdin.take().unwrap().write_all(b"\n").unwrap();
+    let after = lines.next().map(|l| l.unwrap());
+    let mapper_status = mapper.wait().unwrap();
+    let still_running = running.try_wait().unwrap().is_none();
+    let _ = running.kill();
+    let _ = running.wait();
+    assert_eq!(
+        refused.err().and_then(|e| e.raw_os_error()),
+        Some(libc::ETXTBSY),
+        "O_TRUNC open of a running program"
+    );
+    assert!(
+        mapper_status.success() && after.as_deref() == Some(before.as_str()),
+        "a mapping of the file broke at the refused open: {mapper_status}, {before} then {after:?}"
+    );
+    assert!(still_running, "the program died at the refused open");
+    assert!(
+        std::fs::read(&prog).unwrap() == original,
+        "the refused open changed the file"
+    );
+}
+
 #[test]
 fn pjdfstest_in_the_encode_dir_fails_only_the_documented_cases() {
     let pjdfstest = conformance_tool("pjdfstest");

@@ -28,8 +28,12 @@
 //!   through `reader::Reader`. A write open of a Committed entry starts a new spool file: empty
 //!   with `truncate`, else a copy-up (the PNG is decoded, hash-verified, into `SPOOL/tmp`,
 //!   fsynced, then renamed into `SPOOL/data`, so a crash never leaves a partial copy that would
-//!   later be encoded over the good PNG). A copy-up alone does not make the entry Spooled:
-//!   closing it unchanged encodes nothing.
+//!   later be encoded over the good PNG). The copy-up is deferred to the handle's first read,
+//!   write or publishing close: the kernel sends `O_TRUNC` as an open followed by a truncate to
+//!   0 (the mount does not take atomic O_TRUNC, see `fs::fuse`), and that truncate makes an
+//!   empty spool file without decoding anything. An unlink or rename over the entry first
+//!   copies it up for its handles that have none yet. A copy-up alone does not make the entry
+//!   Spooled: closing it unchanged encodes nothing.
 //! - `write`/`setattr(size)`: change the spool file and make the entry Spooled; the first change
 //!   after a recorded close first removes that record, durably. A size change marks every write
 //!   handle open on the entry as having written; with none open (`truncate(2)` on a path) the
@@ -109,7 +113,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::SystemTime;
 
 use serde_json::{Map, Value};
@@ -274,7 +278,11 @@ struct FileState {
 
 struct Handle {
     node: Arc<FileNode>,
-    file: File,
+    /// The spool file this handle reads and writes. A write handle of a Committed entry
+    /// starts without one: the copy-up (a decode of the whole image) waits until the handle
+    /// first reads, writes or publishes, so `open(O_TRUNC)` — an open, then a truncate to 0 —
+    /// never decodes bytes about to be thrown away. See [`EncodeDir::attach_spool`].
+    file: OnceLock<File>,
     write: bool,
     /// This handle created, truncated or wrote the file (or the file was truncated while it
     /// was open): its close publishes.
@@ -745,13 +753,13 @@ impl EncodeDir {
             .is_some_and(|(k, _)| k.starts_with(rel))
     }
 
-    fn register(&self, node: Arc<FileNode>, file: File, write: bool, wrote: bool) -> u64 {
+    fn register(&self, node: Arc<FileNode>, file: Option<File>, write: bool, wrote: bool) -> u64 {
         let h = self.next_handle.fetch_add(1, Ordering::Relaxed);
         lock(&self.handles).insert(
             h,
             Arc::new(Handle {
                 node,
-                file,
+                file: file.map_or_else(OnceLock::new, OnceLock::from),
                 write,
                 wrote: std::sync::atomic::AtomicBool::new(wrote),
             }),
@@ -764,6 +772,39 @@ impl EncodeDir {
             .get(&h)
             .cloned()
             .ok_or_else(|| errno(Path::new("<encode-dir handle>"), libc::EBADF))
+    }
+
+    /// The handle's spool file, copying the entry up first if it has none. The caller holds
+    /// the entry's io lock.
+    fn attach_spool<'h>(&self, handle: &'h Handle) -> Result<&'h File> {
+        if let Some(f) = handle.file.get() {
+            return Ok(f);
+        }
+        let copied_up = lock(&handle.node.state).spool;
+        if !copied_up {
+            self.spool_up(&handle.node, false)?;
+        }
+        let path = self.data.join(&lock(&handle.node.state).rel);
+        let f = OpenOptions::new()
+            .read(true)
+            .write(handle.write)
+            .open(&path)
+            .at(&path)?;
+        Ok(handle.file.get_or_init(|| f))
+    }
+
+    /// Gives every handle of `node` that has no spool file yet its own (see `Handle::file`),
+    /// before the entry is detached from its image. The caller holds the entry's io lock.
+    fn attach_deferred_handles(&self, node: &Arc<FileNode>) -> Result<()> {
+        let deferred: Vec<Arc<Handle>> = lock(&self.handles)
+            .values()
+            .filter(|h| Arc::ptr_eq(&h.node, node) && h.file.get().is_none())
+            .cloned()
+            .collect();
+        for h in deferred {
+            self.attach_spool(&h)?;
+        }
+        Ok(())
     }
 
     pub fn create(&self, rel: &Path, mode: u32) -> Result<(u64, EntryAttr)> {
@@ -830,7 +871,7 @@ impl EncodeDir {
         drop(tree);
         let attr = self.file_attr(&lock(&node.state))?;
         // Creating is writing: `touch` publishes an empty file at its close.
-        Ok((self.register(node, file, true, true), attr))
+        Ok((self.register(node, Some(file), true, true), attr))
     }
 
     pub fn open(&self, rel: &Path, write: bool, truncate: bool) -> Result<Opened> {
@@ -849,6 +890,17 @@ impl EncodeDir {
                     Some(png) => Ok(Opened::Committed(png.clone())),
                     None => Err(errno(&rel, libc::EIO)),
                 };
+            }
+            if !truncate {
+                // The copy-up waits for the handle's first use (see `Handle::file`).
+                st.handles += 1;
+                drop(st);
+                return Ok(Opened::Handle(self.register(
+                    node.clone(),
+                    None,
+                    write,
+                    false,
+                )));
             }
             drop(st);
             // No spool file means no handle either, so nothing but the io lock holder (us)
@@ -884,7 +936,7 @@ impl EncodeDir {
         drop(st);
         Ok(Opened::Handle(self.register(
             node.clone(),
-            file,
+            Some(file),
             write,
             write && truncate,
         )))
@@ -900,10 +952,17 @@ impl EncodeDir {
         {
             return Err(errno(&lock(&handle.node.state).rel, libc::EINVAL));
         }
+        let file = match handle.file.get() {
+            Some(f) => f,
+            None => {
+                let _io = lock(&handle.node.io);
+                self.attach_spool(&handle)?
+            }
+        };
         let mut done = 0;
         // FUSE wants a full buffer unless at end of file.
         while done < buf.len() {
-            match handle.file.read_at(&mut buf[done..], offset + done as u64) {
+            match file.read_at(&mut buf[done..], offset + done as u64) {
                 Ok(0) => break,
                 Ok(n) => done += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -931,9 +990,10 @@ impl EncodeDir {
                 self.reopen(&mut st)?;
             }
         }
+        let file = self.attach_spool(&handle)?;
         handle.wrote.store(true, Ordering::Relaxed);
         crate::failpoint::crash_point("write");
-        let written = handle.file.write_all_at(data, offset);
+        let written = file.write_all_at(data, offset);
         let mut st = lock(&handle.node.state);
         // Even a failed write may have changed some bytes: the entry needs encoding again.
         if !st.detached {
@@ -952,10 +1012,11 @@ impl EncodeDir {
         crate::failpoint::crash_point("flush");
         {
             let _io = lock(&handle.node.io);
+            let file = self.attach_spool(&handle)?;
             let mut st = lock(&handle.node.state);
             if st.dirty && !st.detached && !st.closed {
                 // The bytes first, then the record that they are complete.
-                handle.file.sync_all().at(&st.rel)?;
+                file.sync_all().at(&st.rel)?;
                 self.store_meta(&st.rel, &st.xattrs, true)?;
                 st.closed = true;
             } else if !st.closed {
@@ -984,7 +1045,12 @@ impl EncodeDir {
     pub fn handle_attr(&self, h: u64) -> Result<(EntryAttr, bool)> {
         let handle = self.handle(h)?;
         let st = lock(&handle.node.state);
-        let m = handle.file.metadata().at(&st.rel)?;
+        let Some(file) = handle.file.get() else {
+            // Not copied up yet: the entry's own attributes (it cannot be detached: see
+            // `attach_deferred_handles`).
+            return Ok((self.file_attr(&st)?, st.detached));
+        };
+        let m = file.metadata().at(&st.rel)?;
         let attr = Self::spool_file_attr(&st, &m, &st.rel)?;
         Ok((attr, st.detached))
     }
@@ -993,7 +1059,11 @@ impl EncodeDir {
     pub fn fsync(&self, h: u64) -> Result<()> {
         let handle = self.handle(h)?;
         let rel = lock(&handle.node.state).rel.clone();
-        handle.file.sync_all().at(&rel)?;
+        let Some(file) = handle.file.get() else {
+            // Nothing written through it: the bytes are the committed image's, durable.
+            return Ok(());
+        };
+        file.sync_all().at(&rel)?;
         if let Some(parent) = self.data.join(&rel).parent() {
             sync_dir(parent);
         }
@@ -1229,6 +1299,9 @@ impl EncodeDir {
         let rel = self.clean_rel(rel)?;
         let node = self.lookup_file(&rel)?;
         let _io = lock(&node.io);
+        // Open handles keep the bytes of an unlinked file: those not copied up yet need theirs
+        // before the image goes.
+        self.attach_deferred_handles(&node)?;
         let mut tree = lock(&self.tree);
         match tree.nodes.get(&rel) {
             Some(Node::File(f)) if Arc::ptr_eq(f, &node) => {}

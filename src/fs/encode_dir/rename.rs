@@ -37,6 +37,10 @@ impl EncodeDir {
             files.sort_by_key(|f| Arc::as_ptr(f) as usize);
             files.dedup_by_key(|f| Arc::as_ptr(f) as usize);
             let _guards: Vec<MutexGuard<'_, ()>> = files.iter().map(|f| lock(&f.io)).collect();
+            // A replaced file's open handles keep its bytes: see `unlink`.
+            if let Some(b) = &b {
+                self.attach_deferred_handles(b)?;
+            }
             let mut tree = lock(&self.tree);
             let same = |rel: &Path, want: &Option<Arc<FileNode>>| match (tree.nodes.get(rel), want)
             {
