@@ -304,3 +304,24 @@ pub fn bound_heap_retention() {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Encodes given a pool run on it and start no pool of their own (a pool per encode is
+    /// what the fuzz finding `code_mode_ranges` leak-f0ff2578 came from).
+    #[test]
+    fn a_pool_given_is_the_pool_used() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        let on_pool = with_threads(Some(&pool), Some(4), || {
+            Ok(pool.current_thread_index().is_some())
+        })
+        .unwrap();
+        assert!(on_pool);
+        assert!(with_threads(None, Some(0), || Ok(())).is_err());
+    }
+}

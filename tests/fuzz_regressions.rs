@@ -70,6 +70,41 @@ fn decode_and_reader_agree_on_a_bad_crc_in_the_last_idat_chunk() {
 }
 
 #[test]
+fn code_mode_ranges_leak_f0ff2578_round_trips_on_a_shared_pool() {
+    // LeakSanitizer flagged this input in `code_mode_ranges`: each run built a rayon pool for
+    // its encode (threads: Some(1)), whose thread's last frees came after the leak check. The
+    // harness now shares one pool across runs, as the mount does (`EncodeOptions::pool`);
+    // the input itself round-trips in code mode.
+    use pixelrts::encode::{encode_file, EncodeOptions};
+    let mut input = b"\0asm\x01\0\0\0".to_vec();
+    input.extend_from_slice(&std::fs::read(fixture("code_mode_ranges_leak_f0ff2578.bin")).unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let (src, png) = (
+        dir.path().join("code.wasm"),
+        dir.path().join("code.rts.png"),
+    );
+    std::fs::write(&src, &input).unwrap();
+    let pool = Arc::new(
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap(),
+    );
+    for _ in 0..3 {
+        let opts = EncodeOptions {
+            mode: pixelrts::Mode::Code,
+            sidecar: false,
+            overwrite: true,
+            threads: Some(1),
+            pool: Some(pool.clone()),
+            ..Default::default()
+        };
+        encode_file(&src, &png, &opts).unwrap();
+        assert_eq!(decode_and_reader(&png), Ok(Some(input.clone())));
+    }
+}
+
+#[test]
 fn every_fuzz_finding_keeps_decode_and_reader_in_agreement() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fuzz");
     let mut n = 0;

@@ -42,6 +42,7 @@ fn fixture() -> &'static Fixture {
             sidecar: false,
             overwrite: true,
             threads: Some(1),
+        pool: Some(pixelrts_fuzz::encode_pool()),
             compress: pixelrts::encode::compressed::CompressMode::None,
             ..Default::default()
         };

@@ -19,6 +19,7 @@ fuzz_target!(|data: &[u8]| {
         sidecar: false,
         overwrite: true,
         threads: Some(1),
+        pool: Some(pixelrts_fuzz::encode_pool()),
         ..Default::default()
     };
     encode_file(&src, &png, &opts).expect("code-mode encode of valid input");

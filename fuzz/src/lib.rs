@@ -9,6 +9,23 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+/// The encode thread pool of every run (as the mount shares one among its encodes). A pool
+/// per encode ends its thread after the run returns, and that thread's last allocations
+/// (crossbeam-epoch's deferred frees) looked leaked to LeakSanitizer: finding
+/// `leak-f0ff2578…` of `code_mode_ranges`, a harness artefact, not a leak of the library.
+pub fn encode_pool() -> std::sync::Arc<rayon::ThreadPool> {
+    static POOL: OnceLock<std::sync::Arc<rayon::ThreadPool>> = OnceLock::new();
+    POOL.get_or_init(|| {
+        std::sync::Arc::new(
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(1)
+                .build()
+                .expect("encode pool"),
+        )
+    })
+    .clone()
+}
+
 /// A per-process scratch folder on tmpfs when there is one (each run writes a file).
 pub fn scratch_dir() -> &'static Path {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
