@@ -27,6 +27,15 @@ fn to_py(e: Error) -> PyErr {
             None => PyOSError::new_err(e.to_string()),
         },
         Error::OutputExists { .. } => PyOSError::new_err((libc::EEXIST, e.to_string())),
+        // Worded as the reference's ValueError ("Hash mismatch…"), with the file named.
+        Error::HashMismatch {
+            path,
+            expected,
+            actual,
+        } => PyValueError::new_err(format!(
+            "Hash mismatch for {}: expected {expected}, got {actual}",
+            path.display()
+        )),
         _ => PyValueError::new_err(e.to_string()),
     }
 }
