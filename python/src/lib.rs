@@ -193,12 +193,224 @@ impl Reader {
     }
 }
 
+/// One file's result in a batch: the reference's fields (`input`, `output`, `size`, `hash`)
+/// plus `status` ("ok" or "error") and `error`.
+fn batch_result(
+    input: &std::path::Path,
+    output: &std::path::Path,
+    r: Result<(u64, String), Error>,
+) -> Value {
+    let (size, hash, error) = match r {
+        Ok((size, hash)) => (Value::from(size), Value::from(hash), Value::Null),
+        Err(e) => (Value::Null, Value::Null, Value::from(e.to_string())),
+    };
+    serde_json::json!({
+        "input": input.to_string_lossy(),
+        "output": output.to_string_lossy(),
+        "size": size,
+        "hash": hash,
+        "status": if error.is_null() { "ok" } else { "error" },
+        "error": error,
+    })
+}
+
+/// Runs `job` on every (input, output) pair on one pool of `workers` threads (small files
+/// spread across it, a big file's own work split inside it), calling `progress(done, total)`
+/// as files finish; returns the results in input order as JSON.
+fn run_batch(
+    py: Python<'_>,
+    pairs: Vec<(PathBuf, PathBuf)>,
+    workers: Option<usize>,
+    progress: Option<Py<PyAny>>,
+    job: impl Fn(
+            &std::path::Path,
+            &std::path::Path,
+            &Arc<rayon::ThreadPool>,
+        ) -> Result<(u64, String), Error>
+        + Sync,
+) -> PyResult<String> {
+    use rayon::prelude::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let threads = workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    let pool = Arc::new(
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .map_err(|e| PyValueError::new_err(format!("cannot start {threads} threads: {e}")))?,
+    );
+    let total = pairs.len();
+    let done = AtomicUsize::new(0);
+    let results: Vec<Value> = py.detach(|| {
+        pool.install(|| {
+            pairs
+                .par_iter()
+                .map(|(input, output)| {
+                    let r = batch_result(input, output, job(input, output, &pool));
+                    let n = done.fetch_add(1, Ordering::Relaxed) + 1;
+                    if let Some(cb) = &progress {
+                        Python::attach(|py| {
+                            if let Err(e) = cb.call1(py, (n, total)) {
+                                e.print(py);
+                            }
+                        });
+                    }
+                    r
+                })
+                .collect()
+        })
+    });
+    Ok(Value::Array(results).to_string())
+}
+
+/// Encodes `inputs[i]` into `outputs[i]` for every i, in parallel inside the core.
+#[pyfunction]
+#[pyo3(signature = (inputs, outputs, *, mode="standard", compression="auto", workers=None,
+    metadata_json=None, sidecar=false, progress=None))]
+#[allow(clippy::too_many_arguments)]
+fn encode_batch(
+    py: Python<'_>,
+    inputs: Vec<PathBuf>,
+    outputs: Vec<PathBuf>,
+    mode: &str,
+    compression: &str,
+    workers: Option<usize>,
+    metadata_json: Option<&str>,
+    sidecar: bool,
+    progress: Option<Py<PyAny>>,
+) -> PyResult<String> {
+    if inputs.len() != outputs.len() {
+        return Err(PyValueError::new_err("inputs and outputs differ in length"));
+    }
+    let base = EncodeOptions {
+        mode: parse("mode", mode)?,
+        compress: parse("compression", compression)?,
+        metadata: metadata_from_json(metadata_json)?,
+        overwrite: true,
+        sidecar,
+        ..Default::default()
+    };
+    let pairs = inputs.into_iter().zip(outputs).collect();
+    run_batch(py, pairs, workers, progress, |input, output, pool| {
+        let opts = EncodeOptions {
+            pool: Some(pool.clone()),
+            ..base.clone()
+        };
+        let meta = encode_file(input, output, &opts)?;
+        Ok((
+            meta.get("data_size").and_then(Value::as_u64).unwrap_or(0),
+            meta.get("data_hash")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string(),
+        ))
+    })
+}
+
+/// Decodes `inputs[i]` into `outputs[i]` for every i, in parallel inside the core.
+#[pyfunction]
+#[pyo3(signature = (inputs, outputs, *, verify=false, workers=None, progress=None))]
+fn decode_batch(
+    py: Python<'_>,
+    inputs: Vec<PathBuf>,
+    outputs: Vec<PathBuf>,
+    verify: bool,
+    workers: Option<usize>,
+    progress: Option<Py<PyAny>>,
+) -> PyResult<String> {
+    if inputs.len() != outputs.len() {
+        return Err(PyValueError::new_err("inputs and outputs differ in length"));
+    }
+    let pairs = inputs.into_iter().zip(outputs).collect();
+    run_batch(py, pairs, workers, progress, |input, output, _pool| {
+        // decode_file runs on the current pool (the batch's) when given no thread count.
+        let opts = DecodeOptions {
+            verify,
+            overwrite: true,
+            ..Default::default()
+        };
+        let r = decode_file(input, output, &opts)?;
+        Ok((r.bytes, r.sha256))
+    })
+}
+
+/// Benchmarks encode + decode of generated inputs (`pixelrts bench`'s runner and codec) and
+/// returns the records as JSON; with `output_dir`, appends them to its
+/// `benchmark_history.jsonl`, the history `pixelrts bench` keeps.
+#[pyfunction]
+#[pyo3(signature = (sizes, *, iterations=5, pattern="random", mode="standard", threads=None,
+    output_dir=None))]
+fn bench_run(
+    py: Python<'_>,
+    sizes: Vec<u64>,
+    iterations: u32,
+    pattern: &str,
+    mode: &str,
+    threads: Option<usize>,
+    output_dir: Option<PathBuf>,
+) -> PyResult<String> {
+    let mode: pixelrts::Mode = parse("mode", mode)?;
+    let config = pixelrts::bench::BenchConfig {
+        sizes,
+        iterations,
+        pattern: parse("pattern", pattern)?,
+        mode: pixelrts::bench::mode_label(mode).into(),
+        gpu: "none".into(),
+        threads: threads.unwrap_or(0),
+        output_dir,
+        check_roundtrip: true,
+        quiet: true,
+        ..Default::default()
+    };
+    let records = py
+        .detach(|| {
+            let codec = pixelrts::bench::pixelrts_codec(mode, threads);
+            pixelrts::bench::run(&config, &codec)
+        })
+        .map_err(|e| PyValueError::new_err(format!("{e:#}")))?;
+    serde_json::to_string(&records).map_err(|e| PyValueError::new_err(e.to_string()))
+}
+
+/// Each test's latest record against its best earlier one in `history` (a results folder or
+/// a records file), as `pixelrts bench --check-regression` compares them: JSON rows of
+/// `test_name`, `metric`, `baseline`, `latest`, `regression_percent` (the slowdown, positive
+/// when worse), `regressed`, `roundtrip_ok`.
+#[pyfunction]
+#[pyo3(signature = (history, *, threshold=0.1))]
+fn bench_check(history: PathBuf, threshold: f64) -> PyResult<String> {
+    let loaded = pixelrts::bench::load_history(&history)
+        .map_err(|e| PyValueError::new_err(format!("{}: {e:#}", history.display())))?;
+    let report = pixelrts::bench::check_regression(&loaded.records, None, threshold);
+    let rows: Vec<Value> = report
+        .rows
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "test_name": r.test_name,
+                "metric": r.metric.name(),
+                "baseline": r.baseline,
+                "latest": r.latest,
+                // Every metric is a throughput: a slowdown is a negative change.
+                "regression_percent": r.change_pct.map(|c| -c),
+                "regressed": r.regressed,
+                "roundtrip_ok": r.roundtrip_ok,
+            })
+        })
+        .collect();
+    Ok(Value::Array(rows).to_string())
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(encode, m)?)?;
     m.add_function(wrap_pyfunction!(decode, m)?)?;
     m.add_function(wrap_pyfunction!(info, m)?)?;
     m.add_function(wrap_pyfunction!(verify, m)?)?;
+    m.add_function(wrap_pyfunction!(encode_batch, m)?)?;
+    m.add_function(wrap_pyfunction!(decode_batch, m)?)?;
+    m.add_function(wrap_pyfunction!(bench_run, m)?)?;
+    m.add_function(wrap_pyfunction!(bench_check, m)?)?;
     m.add_class::<Reader>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

@@ -184,3 +184,83 @@ def test_converter_command_line(tmp_path):
         text=True,
     )
     assert run.returncode == 1 and "no" in run.stderr
+
+
+def test_parallel_batch_encode_and_decode(tmp_path):
+    from pixel_compiler.pixelrts_parallel import ParallelPixelRTSEncoder, parallel_decode_batch
+
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    files = {}
+    for i in range(30):
+        body = (b"small file %d\n" % i) * (i + 1)
+        (src / f"f{i:02}.bin").write_bytes(body)
+        files[f"f{i:02}.bin"] = body
+    big = bytes(range(256)) * 40000
+    (src / "big.img").write_bytes(big)
+    files["big.img"] = big
+    (src / "f00.txt").write_bytes(b"same stem as f00.bin")
+    (src / "sub" / "deep.bin").write_bytes(b"deep")
+
+    calls = []
+    enc = ParallelPixelRTSEncoder(workers=2)
+    inputs = sorted(str(p) for p in src.iterdir() if p.is_file()) + [str(src / "missing.bin")]
+    results = enc.encode_batch(inputs, str(tmp_path / "out"), progress_callback=lambda d, t: calls.append((d, t)))
+    assert [r["input"] for r in results] == inputs
+    by_input = {Path(r["input"]).name: r for r in results}
+    assert by_input["missing.bin"]["status"] == "error" and "missing.bin" in by_input["missing.bin"]["error"]
+    # f00.bin and f00.txt both map to f00.rts.png: the later one is refused, not written over.
+    assert by_input["f00.txt"]["status"] == "error" and "f00.bin" in by_input["f00.txt"]["error"]
+    ok = [r for r in results if r["status"] == "ok"]
+    assert len(ok) == 31
+    for r in ok:
+        name = Path(r["input"]).name
+        assert r["size"] == len(files[name])
+        assert r["hash"] == hashlib.sha256(files[name]).hexdigest()
+    assert sorted(calls)[-1] == (32, 32) and len(calls) == 32
+
+    decoded = parallel_decode_batch([r["output"] for r in ok], str(tmp_path / "back"), verify_hash=True)
+    assert all(r["status"] == "ok" for r in decoded)
+    for r in ok:
+        stem = Path(r["input"]).stem
+        assert (tmp_path / "back" / stem).read_bytes() == files[Path(r["input"]).name]
+
+    tree = enc.encode_directory(str(src), str(tmp_path / "tree"), pattern="*.bin", recursive=True)
+    assert all(r["status"] == "ok" for r in tree)
+    assert (tmp_path / "tree" / "sub" / "deep.rts.png").exists()
+    assert len(tree) == 31
+
+
+def test_benchmark_history_and_regression(tmp_path):
+    from pixel_compiler.benchmark_pixelrts import PixelRTSBenchmark
+
+    out = tmp_path / "results"
+    b = PixelRTSBenchmark(str(out))
+    r = b.benchmark_encode_decode(data_size=64 * 1024, pattern="zeros", iterations=1)
+    for key in ("encode_time", "decode_time", "total_time", "throughput_mb_sec", "data_size",
+                "grid_size", "peak_memory_mb", "test_name"):
+        assert key in r, key
+    assert r["data_size"] == 64 * 1024
+    history = out / "benchmark_history.jsonl"
+    assert len(history.read_text().splitlines()) == 1
+    assert b.detect_regression() == []
+
+    # A later record of the same test at a third of the speed: a regression, and the command
+    # line says so with exit status 1 (the reference's always exited 0).
+    slow = dict(r)
+    for k in ("throughput_mb_sec", "encode_mb_sec", "decode_mb_sec"):
+        if isinstance(slow.get(k), (int, float)):
+            slow[k] = slow[k] / 3
+    slow["timestamp"] = "2999-01-01T00:00:00.000Z"
+    with history.open("a") as f:
+        f.write(json.dumps(slow) + "\n")
+    regressed = b.detect_regression(threshold=0.1)
+    assert [x["test_name"] for x in regressed] == [r["test_name"]]
+    assert regressed[0]["regression_percent"] > 50
+    run = subprocess.run(
+        [sys.executable, "-m", "pixel_compiler.benchmark_pixelrts", "--check-regression",
+         "--output-dir", str(out)],
+        capture_output=True, text=True,
+    )
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "REGRESSED" in run.stdout

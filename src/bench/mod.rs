@@ -26,6 +26,49 @@ pub use regression::{
 };
 pub use runner::{render_results_table, run, BenchConfig, Codec, EncodeOutcome, FnCodec, MB};
 
+/// The codec `pixelrts bench` and the Python package's benchmark time: this crate's encode
+/// and decode of whole files (no sidecar, decode unverified: the runner compares SHA-256
+/// itself).
+pub fn pixelrts_codec(mode: crate::Mode, threads: Option<usize>) -> impl Codec {
+    use crate::decode::{decode_file, DecodeOptions};
+    use crate::encode::{encode_file, EncodeOptions};
+    FnCodec::new(
+        "pixelrts",
+        move |input: &std::path::Path, output: &std::path::Path| {
+            let opts = EncodeOptions {
+                mode,
+                threads,
+                overwrite: true,
+                sidecar: false,
+                ..Default::default()
+            };
+            let meta = encode_file(input, output, &opts)?;
+            Ok(EncodeOutcome {
+                grid_size: meta["grid_size"].as_u64().unwrap_or(0),
+                output_bytes: 0,
+            })
+        },
+        move |input: &std::path::Path, output: &std::path::Path| {
+            let opts = DecodeOptions {
+                verify: false,
+                overwrite: true,
+                threads,
+                ..Default::default()
+            };
+            decode_file(input, output, &opts)?;
+            Ok(())
+        },
+    )
+}
+
+/// A mode as benchmark records name it (the reference's "dense" for standard).
+pub fn mode_label(mode: crate::Mode) -> &'static str {
+    match mode {
+        crate::Mode::Standard => "dense",
+        crate::Mode::Code => "code",
+    }
+}
+
 /// Formats a byte count as a short label: `64KiB`, `1MiB`, `1.5MiB`, `1000B`.
 pub fn size_label(bytes: u64) -> String {
     const UNITS: [(u64, &str); 3] = [(1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")];

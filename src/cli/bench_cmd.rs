@@ -5,9 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::Args;
 
-use pixelrts::bench::{self, BenchConfig, EncodeOutcome, FnCodec, Pattern};
-use pixelrts::decode::{self, DecodeOptions};
-use pixelrts::encode::{self, EncodeOptions};
+use pixelrts::bench::{self, BenchConfig, Pattern};
 use pixelrts::Mode;
 
 #[derive(Args, Debug)]
@@ -90,41 +88,12 @@ pub fn cmd_bench(a: BenchArgs) -> anyhow::Result<i32> {
     }
     let mode = a.mode;
     let threads = a.threads;
-    let codec = FnCodec::new(
-        "pixelrts",
-        move |input: &Path, output: &Path| {
-            let opts = EncodeOptions {
-                mode,
-                threads,
-                overwrite: true,
-                sidecar: false,
-                ..Default::default()
-            };
-            let meta = encode::encode_file(input, output, &opts)?;
-            Ok(EncodeOutcome {
-                grid_size: meta["grid_size"].as_u64().unwrap_or(0),
-                output_bytes: 0,
-            })
-        },
-        move |input: &Path, output: &Path| {
-            let opts = DecodeOptions {
-                verify: false,
-                overwrite: true,
-                threads,
-                ..Default::default()
-            };
-            decode::decode_file(input, output, &opts)?;
-            Ok(())
-        },
-    );
+    let codec = bench::pixelrts_codec(mode, threads);
     let config = BenchConfig {
         sizes: a.sizes,
         iterations: a.iterations,
         pattern: a.pattern,
-        mode: match mode {
-            Mode::Standard => "dense".into(),
-            Mode::Code => "code".into(),
-        },
+        mode: bench::mode_label(mode).into(),
         gpu: if a.gpu == "on" {
             "on".into()
         } else {
