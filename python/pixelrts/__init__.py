@@ -18,7 +18,7 @@ from __future__ import annotations
 import io
 import json
 import os
-from typing import Any, Dict, Mapping, Optional, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Union
 
 from . import _core
 
@@ -42,11 +42,13 @@ def encode(
     sidecar: bool = False,
     grid_size: Optional[int] = None,
     segment_size: Optional[int] = None,
+    progress: Optional[Callable[[int, int], Any]] = None,
 ) -> Dict[str, Any]:
     """Encodes the file `input` into the PNG `output` (written atomically) and returns the
     metadata written. Options as `pixelrts encode`: mode "standard"|"code", compression
     "auto"|"zlib"|"none", level (zlib level of compressed payloads), threads, gpu
-    "auto"|"on"|"off", metadata (extra keys), sidecar (also write OUTPUT.meta.json)."""
+    "auto"|"on"|"off", metadata (extra keys), sidecar (also write OUTPUT.meta.json),
+    progress (`progress(done, total)` in bytes, at most once per percent)."""
     text = _core.encode(
         os.fspath(input),
         os.fspath(output),
@@ -60,6 +62,7 @@ def encode(
         sidecar=sidecar,
         grid_size=grid_size,
         segment_size=segment_size,
+        progress=progress,
     )
     return json.loads(text)
 
@@ -72,6 +75,7 @@ def decode(
     threads: Optional[int] = None,
     overwrite: bool = True,
     gpu: str = "auto",
+    progress: Optional[Callable[[int, int], Any]] = None,
 ) -> Dict[str, Any]:
     """Decodes the PNG `input` into the file `output` (written atomically: nothing is left
     under that name when decoding or, with `verify`, the SHA-256 check fails). Returns
@@ -83,6 +87,7 @@ def decode(
         threads=threads,
         overwrite=overwrite,
         gpu=gpu,
+        progress=progress,
     )
     return json.loads(text)
 

@@ -64,10 +64,32 @@ fn shared_cache() -> Arc<TileCache> {
     CACHE.get_or_init(|| TileCache::shared(256 << 20)).clone()
 }
 
+/// A Python callable as the core's progress callback: `callback(done, total)` in bytes, at
+/// most once per percent (each call takes the GIL), and once at the end.
+fn progress_from(callback: Option<Py<PyAny>>) -> Option<pixelrts::encode::Progress> {
+    let callback = callback?;
+    let last = std::sync::Mutex::new(u64::MAX);
+    Some(Arc::new(move |done: u64, total: u64| {
+        let pct = done.saturating_mul(100).checked_div(total).unwrap_or(100);
+        {
+            let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
+            if *last == pct {
+                return;
+            }
+            *last = pct;
+        }
+        Python::attach(|py| {
+            if let Err(e) = callback.call1(py, (done, total)) {
+                e.print(py);
+            }
+        });
+    }))
+}
+
 #[pyfunction]
 #[pyo3(signature = (input, output, *, mode="standard", compression="auto", level=None,
     threads=None, gpu="auto", metadata_json=None, overwrite=true, sidecar=false,
-    grid_size=None, segment_size=None))]
+    grid_size=None, segment_size=None, progress=None))]
 #[allow(clippy::too_many_arguments)]
 fn encode(
     py: Python<'_>,
@@ -83,8 +105,10 @@ fn encode(
     sidecar: bool,
     grid_size: Option<u64>,
     segment_size: Option<u32>,
+    progress: Option<Py<PyAny>>,
 ) -> PyResult<String> {
     let mut opts = EncodeOptions {
+        progress: progress_from(progress),
         mode: parse("mode", mode)?,
         compress: parse("compression", compression)?,
         gpu: parse("gpu", gpu)?,
@@ -108,7 +132,9 @@ fn encode(
 }
 
 #[pyfunction]
-#[pyo3(signature = (input, output, *, verify=true, threads=None, overwrite=true, gpu="auto"))]
+#[pyo3(signature = (input, output, *, verify=true, threads=None, overwrite=true, gpu="auto",
+    progress=None))]
+#[allow(clippy::too_many_arguments)]
 fn decode(
     py: Python<'_>,
     input: PathBuf,
@@ -117,8 +143,10 @@ fn decode(
     threads: Option<usize>,
     overwrite: bool,
     gpu: &str,
+    progress: Option<Py<PyAny>>,
 ) -> PyResult<String> {
     let opts = DecodeOptions {
+        progress: progress_from(progress),
         verify,
         threads,
         overwrite,

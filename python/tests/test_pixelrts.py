@@ -68,6 +68,19 @@ def test_round_trip(tmp_path, name, compression):
         assert f.read(1000) == data[len(data) // 3 : len(data) // 3 + 1000]
 
 
+def test_progress_callbacks(tmp_path):
+    data = contents()["text"] * 10
+    src, png = tmp_path / "p.txt", tmp_path / "p.rts.png"
+    src.write_bytes(data)
+    seen = []
+    pixelrts.encode(src, png, progress=lambda done, total: seen.append((done, total)))
+    assert seen and seen[-1][0] == seen[-1][1] and len(seen) <= 102
+    assert all(a[0] <= b[0] for a, b in zip(seen, seen[1:]))
+    seen.clear()
+    pixelrts.decode(png, tmp_path / "p.out", progress=lambda done, total: seen.append((done, total)))
+    assert seen and seen[-1][0] == seen[-1][1]
+
+
 def test_code_mode(tmp_path):
     wasm = (VECTORS / "f_add.wasm").read_bytes()
     src = tmp_path / "add.wasm"

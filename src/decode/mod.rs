@@ -196,7 +196,7 @@ fn decode_container(c: &Container, sink: Sink<'_>, opts: &DecodeOptions) -> Resu
     if let Some(b64) = &md.b64 {
         decode_base64(c, b64, &mut writer)?;
     } else if md.compressed && c.segments.is_some() {
-        decode_through_reader(c, &mut writer)?;
+        decode_through_reader(c, &mut writer, opts.progress.as_ref())?;
     } else if md.compressed {
         // The reference's compressed files (no segment index): the pixels hold one zlib stream
         // or zstd frame; decode it to a temporary file, then inflate it.
@@ -210,6 +210,10 @@ fn decode_container(c: &Container, sink: Sink<'_>, opts: &DecodeOptions) -> Resu
         decompress_payload(c, &temp, inner.written, &mut writer)?;
     } else {
         decode_pixels(c, &mut writer, opts, mapper)?;
+    }
+    // Progress counts output bytes; its end is reported whichever path ran.
+    if let Some(p) = &opts.progress {
+        p(writer.written, writer.written);
     }
     if writer.written != md.data_size {
         return Err(Error::corrupt(
@@ -292,7 +296,11 @@ fn decode_base64(c: &Container, b64: &B64Source, out: &mut HashingWriter<'_>) ->
 /// each read inflates its segments in parallel (every tile and segment CRC-checked) straight
 /// from the pixels, so nothing the size of the payload is written anywhere; writing and
 /// SHA-256 run on their own thread, one read behind.
-fn decode_through_reader(c: &Container, out: &mut HashingWriter<'_>) -> Result<()> {
+fn decode_through_reader(
+    c: &Container,
+    out: &mut HashingWriter<'_>,
+    progress: Option<&Progress>,
+) -> Result<()> {
     const READ: u64 = 16 << 20;
     let opts = crate::reader::ReaderOptions {
         // Room for the read-ahead of the tiles under the segments, not for the whole file.
@@ -330,6 +338,9 @@ fn decode_through_reader(c: &Container, out: &mut HashingWriter<'_>) -> Result<(
                     return Ok(());
                 }
                 offset += n as u64;
+                if let Some(p) = progress {
+                    p(offset, len);
+                }
             }
             Ok(())
         })();

@@ -128,6 +128,7 @@ pub fn compress_payload(
     level: u32,
     segment_size: u32,
     temp_dir: &Path,
+    progress: Option<&super::Progress>,
 ) -> Result<CompressedPayload> {
     if segment_size == 0 || segment_size > crate::format::zindex::MAX_SEGMENT_SIZE {
         return Err(Error::InvalidArgument(format!(
@@ -179,6 +180,9 @@ pub fn compress_payload(
                 pos += bytes.len() as u64;
             }
             release(first * seg..(last * seg).min(data.len()));
+            if let Some(p) = progress {
+                p(((last * seg).min(data.len())) as u64, data.len() as u64);
+            }
             first = last;
         }
         offsets.push(pos);
@@ -223,7 +227,7 @@ mod tests {
         let mut data = text(300_000);
         data.extend((0..100_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 11) as u8));
         let dir = tempfile::tempdir().unwrap();
-        let p = compress_payload(&data, &|_| {}, 6, 65536, dir.path()).unwrap();
+        let p = compress_payload(&data, &|_| {}, 6, 65536, dir.path(), None).unwrap();
         let mut stream = vec![0u8; p.index.encoded_size as usize];
         p.file.read_exact_at(&mut stream, 0).unwrap();
         let mut whole = Vec::new();

@@ -263,8 +263,16 @@ fn encode_with<W: Write + Seek + Send>(
                 opts.mode == Mode::Standard && compressed::worth_compressing(data)
             }
         };
+        // Progress counts input bytes: the end is reported whichever path ran (the plain
+        // layout reports nothing on the way).
+        let done = |meta: Map<String, Value>| {
+            if let Some(p) = &opts.progress {
+                p(data.len() as u64, data.len() as u64);
+            }
+            Ok(meta)
+        };
         if !compress {
-            return encode_core(data, release, out, opts, out_path, None);
+            return encode_core(data, release, out, opts, out_path, None).and_then(done);
         }
         if !(1..=9).contains(&opts.compress_level) {
             return Err(Error::InvalidArgument(format!(
@@ -281,6 +289,7 @@ fn encode_with<W: Write + Seek + Send>(
                 opts.compress_level,
                 opts.segment_size,
                 temp_dir,
+                opts.progress.as_ref(),
             )
         })?;
         // SAFETY: the temporary file is unlinked and only this process holds it.
@@ -288,7 +297,20 @@ fn encode_with<W: Write + Seek + Send>(
             unsafe { memmap2::Mmap::map(&payload.file) }.map_err(|e| Error::io(temp_dir, e))?;
         let stream = &map[..payload.index.encoded_size as usize];
         let release_stream = |r: std::ops::Range<usize>| crate::io_util::release_pages(stream, r);
-        encode_core(stream, &release_stream, out, opts, out_path, Some(&payload))
+        // Deflating the input was the progress; the pixels of its stream come after, unreported.
+        let pixel_opts = EncodeOptions {
+            progress: None,
+            ..opts.clone()
+        };
+        encode_core(
+            stream,
+            &release_stream,
+            out,
+            &pixel_opts,
+            out_path,
+            Some(&payload),
+        )
+        .and_then(done)
     })
 }
 
