@@ -206,7 +206,20 @@ def test_pread_from_many_threads(tmp_path):
                 if raw.pread(off, n) != data[off : off + n]:
                     errors.append((off, n))
 
+        def through_open(seed):
+            # Each thread its own buffered file over the same image (a BufferedReader's
+            # seek + read pair is not atomic, as for any Python file).
+            r = random.Random(seed)
+            with pixelrts.open(png) as f:
+                for _ in range(100):
+                    off = r.randrange(0, len(data))
+                    n = r.choice([1, 100, 8192, 200_000])
+                    f.seek(off)
+                    if f.read(n) != data[off : off + n]:
+                        errors.append(("open", off, n))
+
         threads = [threading.Thread(target=worker, args=(s,)) for s in range(8)]
+        threads += [threading.Thread(target=through_open, args=(100 + s,)) for s in range(4)]
         for t in threads:
             t.start()
         for t in threads:
