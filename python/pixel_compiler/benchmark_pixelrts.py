@@ -54,7 +54,9 @@ class PixelRTSBenchmark:
         self.results += records
         return records[0]
 
-    def benchmark_sizes(self, sizes: Optional[List[int]] = None, iterations: int = 3) -> List[Dict[str, Any]]:
+    def benchmark_sizes(
+        self, sizes: Optional[List[int]] = None, iterations: int = 3
+    ) -> List[Dict[str, Any]]:
         sizes = sizes or [1024 * 1024, 10 * 1024 * 1024]
         return [self.benchmark_encode_decode(s, iterations=iterations) for s in sizes]
 

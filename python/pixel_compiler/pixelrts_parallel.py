@@ -42,7 +42,11 @@ def _collisions(inputs: List[Path], outputs: List[Path]) -> Dict[int, str]:
 def _run(inputs: List[Path], outputs: List[Path], call) -> List[Dict[str, Any]]:
     clash = _collisions(inputs, outputs)
     todo = [i for i in range(len(inputs)) if i not in clash]
-    done = json.loads(call([str(inputs[i]) for i in todo], [str(outputs[i]) for i in todo])) if todo else []
+    done = (
+        json.loads(call([str(inputs[i]) for i in todo], [str(outputs[i]) for i in todo]))
+        if todo
+        else []
+    )
     results: List[Optional[Dict[str, Any]]] = [None] * len(inputs)
     for i, r in zip(todo, done):
         results[i] = r
@@ -110,13 +114,17 @@ class ParallelPixelRTSEncoder:
         """Encodes the files of `input_dir` matching `pattern` (with `recursive`, of its
         subfolders too, mirrored under `output_dir`)."""
         base = Path(input_dir)
-        found = sorted(p for p in (base.rglob(pattern) if recursive else base.glob(pattern)) if p.is_file())
+        found = sorted(
+            p for p in (base.rglob(pattern) if recursive else base.glob(pattern)) if p.is_file()
+        )
         results: List[Dict[str, Any]] = []
         by_folder: Dict[Path, List[Path]] = {}
         for p in found:
             by_folder.setdefault(p.parent.relative_to(base), []).append(p)
         for rel, files in by_folder.items():
-            results += self.encode_batch([str(f) for f in files], str(Path(output_dir) / rel), **kwargs)
+            results += self.encode_batch(
+                [str(f) for f in files], str(Path(output_dir) / rel), **kwargs
+            )
         return results
 
 

@@ -9,7 +9,6 @@ accepted but not written (a warning says so)."""
 from __future__ import annotations
 
 import os
-import shutil
 import warnings
 from typing import Any, Dict, Optional, Union
 
@@ -69,7 +68,9 @@ class PixelRTSEncoder:
         self.use_layout = use_layout
         self.metadata: Optional[Dict[str, Any]] = None
 
-    def _encode_to(self, data: bytes, output_path: str, metadata, grid_size, sidecar) -> Dict[str, Any]:
+    def _encode_to(
+        self, data: bytes, output_path: str, metadata, grid_size, sidecar
+    ) -> Dict[str, Any]:
         check_grid(grid_size)
         self.metadata = None
         with ScratchFile(bytes(data)) as src:
