@@ -1060,7 +1060,13 @@ impl EncodeDir {
         let handle = self.handle(h)?;
         let rel = lock(&handle.node.state).rel.clone();
         let Some(file) = handle.file.get() else {
-            // Nothing written through it: the bytes are the committed image's, durable.
+            // Nothing written through it: the bytes are the committed image's (durable), or a
+            // spool file another handle or a truncate made since, synced here by its path.
+            let st = lock(&handle.node.state);
+            if st.spool && !st.detached {
+                let path = self.data.join(&st.rel);
+                File::open(&path).and_then(|f| f.sync_all()).at(&path)?;
+            }
             return Ok(());
         };
         file.sync_all().at(&rel)?;
