@@ -140,11 +140,11 @@ class PixelRTSDecoder:
         self.metadata = metadata_of(path)
         with pixelrts.open(path) as f:
             data = f.read()
-        if verify and self.metadata.get("data_hash") not in (None, sha256_hex(data)):
-            raise ValueError(
-                f"Hash mismatch for {path}: expected {self.metadata['data_hash']}, "
-                f"got {sha256_hex(data)}"
-            )
+        expected = self.metadata.get("data_hash")
+        if verify and expected is not None:
+            actual = sha256_hex(data)
+            if actual != expected:
+                raise ValueError(f"Hash mismatch for {path}: expected {expected}, got {actual}")
         return data
 
     def decode(self, png_data: bytes, expected_size: Optional[int] = None) -> bytes:

@@ -601,17 +601,12 @@ pub fn mount(
     };
     let fs = fuse::PixelFs::new(view, encode, opts.read_only, opts.allow_other);
     let config = fuse_config(&checked, opts);
-    let session =
-        fuser::Session::new(fs, &checked.mountpoint, &config).map_err(|e| MountError::Mount {
-            source_dir: checked.source.clone(),
-            mountpoint: checked.mountpoint.clone(),
-            source: e,
-        })?;
     let mount_err = |e| MountError::Mount {
         source_dir: checked.source.clone(),
         mountpoint: checked.mountpoint.clone(),
         source: e,
     };
+    let session = fuser::Session::new(fs, &checked.mountpoint, &config).map_err(mount_err)?;
     // Tells, after the session, whether the kernel still has this connection mounted.
     let device = std::os::fd::AsFd::as_fd(&session)
         .try_clone_to_owned()
