@@ -4,6 +4,7 @@
 //! index), [`container`] (opening a file: metadata, index, layout), [`encode`] and [`decode`] (the streaming, parallel pipelines), [`reader`] (random
 //! access), [`gpu`] (the optional CUDA path, loaded at run time), [`doctor`] (what this machine
 //! offers), [`bench`] (benchmark history, regression checks, dashboard).
+pub mod batch;
 pub mod bench;
 pub mod cache;
 pub mod container;

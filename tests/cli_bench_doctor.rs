@@ -155,7 +155,7 @@ fn gpu_on_fails_clearly_without_a_gpu_and_auto_falls_back() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("in.bin"), b"hello gpu").unwrap();
     let on = pixelrts(&["encode", "in.bin", "--gpu", "on"], dir.path());
-    assert_eq!(on.status.code(), Some(2), "{}", text(&on));
+    assert_eq!(on.status.code(), Some(7), "{}", text(&on));
     assert!(text(&on).contains("no usable NVIDIA GPU"), "{}", text(&on));
     assert!(!dir.path().join("in.bin.rts.png").exists());
     for mode in ["auto", "off"] {

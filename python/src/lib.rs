@@ -221,75 +221,44 @@ impl Reader {
     }
 }
 
-/// One file's result in a batch: the reference's fields (`input`, `output`, `size`, `hash`)
-/// plus `status` ("ok" or "error") and `error`.
-fn batch_result(
-    input: &std::path::Path,
-    output: &std::path::Path,
-    r: Result<(u64, String), Error>,
-) -> Value {
-    let (size, hash, error) = match r {
-        Ok((size, hash)) => (Value::from(size), Value::from(hash), Value::Null),
-        Err(e) => (Value::Null, Value::Null, Value::from(e.to_string())),
-    };
-    serde_json::json!({
-        "input": input.to_string_lossy(),
-        "output": output.to_string_lossy(),
-        "size": size,
-        "hash": hash,
-        "status": if error.is_null() { "ok" } else { "error" },
-        "error": error,
-    })
-}
-
-/// Runs `job` on every (input, output) pair on one pool of `workers` threads (small files
-/// spread across it, a big file's own work split inside it), calling `progress(done, total)`
-/// as files finish; returns the results in input order as JSON.
+/// Runs a batch of (input, output) pairs through `go` (the core's [`pixelrts::batch`]: one
+/// pool, small files spread across it, a big file split inside it; a later input whose output
+/// an earlier one takes fails, naming it), calling `progress(done, total)` as files finish;
+/// returns the results in input order as JSON.
 fn run_batch(
     py: Python<'_>,
-    pairs: Vec<(PathBuf, PathBuf)>,
-    workers: Option<usize>,
+    inputs: Vec<PathBuf>,
+    outputs: Vec<PathBuf>,
     progress: Option<Py<PyAny>>,
-    job: impl Fn(
-            &std::path::Path,
-            &std::path::Path,
-            &Arc<rayon::ThreadPool>,
-        ) -> Result<(u64, String), Error>
-        + Sync,
+    go: impl FnOnce(
+            &[pixelrts::batch::Job],
+            &(dyn Fn(&pixelrts::batch::JobResult) + Sync),
+        ) -> Result<Vec<pixelrts::batch::JobResult>, Error>
+        + Send,
 ) -> PyResult<String> {
-    use rayon::prelude::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    let threads = workers
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-        .max(1);
-    let pool = Arc::new(
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .map_err(|e| PyValueError::new_err(format!("cannot start {threads} threads: {e}")))?,
-    );
-    let total = pairs.len();
+    if inputs.len() != outputs.len() {
+        return Err(PyValueError::new_err("inputs and outputs differ in length"));
+    }
+    let jobs: Vec<pixelrts::batch::Job> = inputs
+        .into_iter()
+        .zip(outputs)
+        .map(|(input, output)| pixelrts::batch::Job { input, output })
+        .collect();
+    let total = jobs.len();
     let done = AtomicUsize::new(0);
-    let results: Vec<Value> = py.detach(|| {
-        pool.install(|| {
-            pairs
-                .par_iter()
-                .map(|(input, output)| {
-                    let r = batch_result(input, output, job(input, output, &pool));
-                    let n = done.fetch_add(1, Ordering::Relaxed) + 1;
-                    if let Some(cb) = &progress {
-                        Python::attach(|py| {
-                            if let Err(e) = cb.call1(py, (n, total)) {
-                                e.print(py);
-                            }
-                        });
-                    }
-                    r
-                })
-                .collect()
-        })
-    });
-    Ok(Value::Array(results).to_string())
+    let on_done = |_: &pixelrts::batch::JobResult| {
+        let n = done.fetch_add(1, Ordering::Relaxed) + 1;
+        if let Some(cb) = &progress {
+            Python::attach(|py| {
+                if let Err(e) = cb.call1(py, (n, total)) {
+                    e.print(py);
+                }
+            });
+        }
+    };
+    let results = py.detach(|| go(&jobs, &on_done)).map_err(to_py)?;
+    serde_json::to_string(&results).map_err(|e| PyValueError::new_err(e.to_string()))
 }
 
 /// Encodes `inputs[i]` into `outputs[i]` for every i, in parallel inside the core.
@@ -308,10 +277,7 @@ fn encode_batch(
     sidecar: bool,
     progress: Option<Py<PyAny>>,
 ) -> PyResult<String> {
-    if inputs.len() != outputs.len() {
-        return Err(PyValueError::new_err("inputs and outputs differ in length"));
-    }
-    let base = EncodeOptions {
+    let opts = EncodeOptions {
         mode: parse("mode", mode)?,
         compress: parse("compression", compression)?,
         metadata: metadata_from_json(metadata_json)?,
@@ -319,20 +285,8 @@ fn encode_batch(
         sidecar,
         ..Default::default()
     };
-    let pairs = inputs.into_iter().zip(outputs).collect();
-    run_batch(py, pairs, workers, progress, |input, output, pool| {
-        let opts = EncodeOptions {
-            pool: Some(pool.clone()),
-            ..base.clone()
-        };
-        let meta = encode_file(input, output, &opts)?;
-        Ok((
-            meta.get("data_size").and_then(Value::as_u64).unwrap_or(0),
-            meta.get("data_hash")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string(),
-        ))
+    run_batch(py, inputs, outputs, progress, |jobs, on_done| {
+        pixelrts::batch::encode(jobs, &opts, workers, on_done)
     })
 }
 
@@ -347,19 +301,13 @@ fn decode_batch(
     workers: Option<usize>,
     progress: Option<Py<PyAny>>,
 ) -> PyResult<String> {
-    if inputs.len() != outputs.len() {
-        return Err(PyValueError::new_err("inputs and outputs differ in length"));
-    }
-    let pairs = inputs.into_iter().zip(outputs).collect();
-    run_batch(py, pairs, workers, progress, |input, output, _pool| {
-        // decode_file runs on the current pool (the batch's) when given no thread count.
-        let opts = DecodeOptions {
-            verify,
-            overwrite: true,
-            ..Default::default()
-        };
-        let r = decode_file(input, output, &opts)?;
-        Ok((r.bytes, r.sha256))
+    let opts = DecodeOptions {
+        verify,
+        overwrite: true,
+        ..Default::default()
+    };
+    run_batch(py, inputs, outputs, progress, |jobs, on_done| {
+        pixelrts::batch::decode(jobs, &opts, workers, on_done)
     })
 }
 

@@ -1,7 +1,9 @@
 //! The `pixelrts` command line: argument parsing (clap) and the glue from each command to the
 //! library. `main.rs` only calls [`run`].
 
+mod batch_cmd;
 mod bench_cmd;
+pub mod exit;
 mod mount_cmd;
 mod progress;
 
@@ -17,13 +19,8 @@ use pixelrts::encode::{self, EncodeOptions};
 use pixelrts::gpu::GpuMode;
 use pixelrts::Mode;
 
-/// Exit status for a verification that ran and failed (`verify`).
-pub const EXIT_MISMATCH: i32 = 1;
-/// Exit status for errors.
-pub const EXIT_ERROR: i32 = 2;
-
 #[derive(Parser, Debug)]
-#[command(name = "pixelrts", version, about = "Pack any file into a PNG image (PixelRTS v2) and get it back — fast, seekable, verified.", long_about = None)]
+#[command(name = "pixelrts", version, about = "Pack any file into a PNG image (PixelRTS v2) and get it back — fast, seekable, verified.", long_about = None, after_help = exit::help_text())]
 pub struct Cli {
     /// More logging (repeat for more).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -162,10 +159,13 @@ struct BenchRandomArgs {
 
 #[derive(Args, Debug)]
 struct EncodeArgs {
-    /// File to encode.
-    input: PathBuf,
-    /// Output image [default: INPUT.rts.png].
-    output: Option<PathBuf>,
+    /// File(s) to encode. One INPUT and an optional OUTPUT image [default: INPUT.rts.png]; or,
+    /// with three or more, or any of --output-dir, --summary, -r, a batch: every INPUT (files,
+    /// and folders with -r) is encoded to INPUT.rts.png, beside it or under --output-dir.
+    #[arg(required = true, value_name = "INPUT")]
+    inputs: Vec<PathBuf>,
+    #[command(flatten)]
+    batch: batch_cmd::BatchArgs,
     /// standard (pixels are the bytes) or code (pixels picture WebAssembly opcodes; bytes kept in metadata).
     #[arg(long, default_value = "standard", value_parser = parse_mode)]
     mode: Mode,
@@ -229,10 +229,14 @@ struct EncodeArgs {
 
 #[derive(Args, Debug)]
 struct DecodeArgs {
-    /// Image to decode.
-    input: PathBuf,
-    /// Output file, or - for standard output [default: INPUT without .rts.png].
-    output: Option<PathBuf>,
+    /// Image(s) to decode. One INPUT and an optional OUTPUT file, - for standard output
+    /// [default: INPUT without .rts.png]; or, with three or more, or any of --output-dir,
+    /// --summary, -r, a batch: every INPUT (and every *.rts.png in folders with -r) is decoded
+    /// beside it or under --output-dir.
+    #[arg(required = true, value_name = "INPUT")]
+    inputs: Vec<PathBuf>,
+    #[command(flatten)]
+    batch: batch_cmd::BatchArgs,
     /// Check the SHA-256 of the result against the metadata's data_hash.
     #[arg(long)]
     verify: bool,
@@ -299,7 +303,7 @@ pub fn run() -> i32 {
             }
             Err(e) => {
                 eprintln!("error: {e}\nusage: pixelrts SOURCE MOUNTPOINT [-o OPTIONS] (the mount.fuse3 convention); see pixelrts mount --help");
-                EXIT_ERROR
+                exit::USAGE
             }
         };
     }
@@ -314,10 +318,27 @@ fn report(result: anyhow::Result<i32>) -> i32 {
         Ok(code) => code,
         Err(e) => {
             let _ = std::io::stdout().flush();
-            eprintln!("error: {e:#}");
-            EXIT_ERROR
+            eprintln!("error: {}", error_message(&e));
+            exit::for_error(&e)
         }
     }
+}
+
+/// The error and its causes, `a: b: c`, leaving out a cause its parent already quotes (the
+/// library's errors print their source themselves: "x.png: No such file or directory").
+fn error_message(e: &anyhow::Error) -> String {
+    let mut message = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if message.contains(&text) {
+            continue;
+        }
+        if !message.is_empty() {
+            message.push_str(": ");
+        }
+        message.push_str(&text);
+    }
+    message
 }
 
 fn init_logging(verbose: u8) {
@@ -394,17 +415,12 @@ fn user_metadata(a: &EncodeArgs) -> anyhow::Result<Map<String, Value>> {
     Ok(m)
 }
 
-fn cmd_encode(a: EncodeArgs) -> anyhow::Result<i32> {
-    let output = a
-        .output
-        .clone()
-        .unwrap_or_else(|| encode::default_output(&a.input));
-    let size = std::fs::metadata(&a.input).map(|m| m.len()).unwrap_or(0);
-    let bar = progress::Bar::new("encoding", size);
-    let opts = EncodeOptions {
+/// The options every file of an `encode` gets (progress is the caller's).
+fn encode_options(a: &EncodeArgs) -> anyhow::Result<EncodeOptions> {
+    Ok(EncodeOptions {
         mode: a.mode,
         grid_size: a.grid_size,
-        metadata: user_metadata(&a)?,
+        metadata: user_metadata(a)?,
         sidecar: !a.no_sidecar,
         threads: a.threads,
         level: a.level,
@@ -414,12 +430,25 @@ fn cmd_encode(a: EncodeArgs) -> anyhow::Result<i32> {
         layout: a.layout,
         record_file_attributes: a.preserve,
         overwrite: a.force,
-        progress: Some(bar.callback()),
         // `on` without a usable GPU fails in the pipeline before any output is written.
         gpu: a.gpu,
         ..Default::default()
+    })
+}
+
+fn cmd_encode(a: EncodeArgs) -> anyhow::Result<i32> {
+    let opts = encode_options(&a)?;
+    let Some((input, output)) = a.batch.single(&a.inputs)? else {
+        return batch_cmd::encode(&a.inputs, &a.batch, &opts, a.threads);
     };
-    let meta = encode::encode_file(&a.input, &output, &opts)?;
+    let output = output.unwrap_or_else(|| encode::default_output(input));
+    let size = std::fs::metadata(input).map(|m| m.len()).unwrap_or(0);
+    let bar = progress::Bar::new("encoding", size);
+    let opts = EncodeOptions {
+        progress: Some(bar.callback()),
+        ..opts
+    };
+    let meta = encode::encode_file(input, &output, &opts)?;
     bar.finish();
     if a.json {
         let mut shown = meta.clone();
@@ -434,7 +463,7 @@ fn cmd_encode(a: EncodeArgs) -> anyhow::Result<i32> {
     } else {
         eprintln!(
             "{} -> {} ({} bytes, grid {}x{}, sha256 {})",
-            a.input.display(),
+            input.display(),
             output.display(),
             meta["data_size"],
             meta["grid_size"],
@@ -442,41 +471,44 @@ fn cmd_encode(a: EncodeArgs) -> anyhow::Result<i32> {
             meta["data_hash"].as_str().unwrap_or("")
         );
     }
-    Ok(0)
+    Ok(exit::OK)
 }
 
 fn cmd_decode(a: DecodeArgs) -> anyhow::Result<i32> {
-    let to_stdout = a.output.as_deref() == Some(Path::new("-"));
-    let output = a
-        .output
-        .clone()
-        .unwrap_or_else(|| decode::default_output(&a.input));
-    let bar = progress::Bar::new("decoding", 0);
-    let opts = DecodeOptions {
+    let base = DecodeOptions {
         verify: a.verify,
         overwrite: a.force,
         threads: a.threads,
-        progress: Some(bar.callback()),
         gpu: a.gpu,
         ..Default::default()
     };
+    let Some((input, output)) = a.batch.single(&a.inputs)? else {
+        return batch_cmd::decode(&a.inputs, &a.batch, &base, a.threads);
+    };
+    let to_stdout = output.as_deref() == Some(Path::new("-"));
+    let output = output.unwrap_or_else(|| decode::default_output(input));
+    let bar = progress::Bar::new("decoding", 0);
+    let opts = DecodeOptions {
+        progress: Some(bar.callback()),
+        ..base
+    };
     let report = if to_stdout {
         let mut stdout = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout());
-        decode::decode_to_writer(&a.input, &mut stdout, &opts)?
+        decode::decode_to_writer(input, &mut stdout, &opts)?
     } else {
-        decode::decode_file(&a.input, &output, &opts)?
+        decode::decode_file(input, &output, &opts)?
     };
     bar.finish();
     if !to_stdout {
         eprintln!(
             "{} -> {} ({} bytes{})",
-            a.input.display(),
+            input.display(),
             output.display(),
             report.bytes,
             if a.verify { ", sha256 verified" } else { "" }
         );
     }
-    Ok(0)
+    Ok(exit::OK)
 }
 
 fn cmd_info(a: InfoArgs) -> anyhow::Result<i32> {
@@ -522,7 +554,7 @@ fn cmd_verify(a: VerifyArgs) -> anyhow::Result<i32> {
         Err(e @ pixelrts::Error::Corrupt { .. }) => {
             eprintln!("error: {e}");
             println!("{}: FAILED", a.input.display());
-            return Ok(EXIT_MISMATCH);
+            return Ok(exit::CHECK_FAILED);
         }
         Err(e) => return Err(e.into()),
     };
@@ -541,7 +573,7 @@ fn cmd_verify(a: VerifyArgs) -> anyhow::Result<i32> {
             report.expected,
             report.actual
         );
-        Ok(EXIT_MISMATCH)
+        Ok(exit::CHECK_FAILED)
     }
 }
 

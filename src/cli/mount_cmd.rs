@@ -19,10 +19,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::Context;
 use clap::Args;
 
 use pixelrts::fs::{self, MountOptions};
+
+use super::exit;
 
 /// Environment variable naming the readiness pipe of a background mount.
 const READY_FD_ENV: &str = "PIXELRTS_READY_FD";
@@ -189,7 +191,10 @@ pub fn cmd_mount(a: MountArgs, verbose: u8) -> anyhow::Result<i32> {
 
 /// `pixelrts umount`.
 pub fn cmd_umount(a: UmountArgs) -> anyhow::Result<i32> {
-    fs::unmount(&a.mountpoint, a.lazy).map_err(|e| anyhow!("cannot unmount: {e}"))?;
+    fs::unmount(&a.mountpoint, a.lazy).map_err(|e| exit::Coded {
+        code: exit::MOUNT_FAILED,
+        message: format!("cannot unmount: {e}"),
+    })?;
     Ok(0)
 }
 
@@ -271,18 +276,26 @@ fn background(a: &MountArgs, verbose: u8) -> anyhow::Result<i32> {
         return Ok(0);
     }
     let status = child.wait().ok();
+    // Only the message crosses the pipe; the options were checked here before the child
+    // started, so whatever the child met is a mount failure.
+    let failed = |message: String| {
+        anyhow::Error::from(exit::Coded {
+            code: exit::MOUNT_FAILED,
+            message,
+        })
+    };
     if let Some(err) = msg.strip_prefix("ERROR ") {
-        bail!("{}", err.trim_end());
+        return Err(failed(err.trim_end().to_string()));
     }
     if let Err(e) = read {
-        bail!("reading from the mount process: {e}");
+        return Err(failed(format!("reading from the mount process: {e}")));
     }
-    bail!(
+    Err(failed(format!(
         "the mount process ended before the mount was ready ({}); set {LOG_FILE_ENV}=FILE or run with -f to see its log",
         status
             .map(|s| s.to_string())
             .unwrap_or_else(|| "status unknown".into())
-    )
+    )))
 }
 
 /// The readiness pipe handed down by a background parent, if any.

@@ -13,17 +13,29 @@ pub struct Bar {
 }
 
 impl Bar {
+    /// A bar counting bytes.
     pub fn new(label: &str, total: u64) -> Self {
+        Self::with_template(
+            label,
+            total,
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+    }
+
+    /// A bar counting files (a batch).
+    pub fn files(label: &str, total: u64) -> Self {
+        Self::with_template(label, total, "{msg} [{bar:30}] {pos}/{len} files eta {eta}")
+    }
+
+    fn with_template(label: &str, total: u64, template: &str) -> Self {
         if !std::io::stderr().is_terminal() {
             return Bar { inner: None };
         }
         let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::hidden());
         bar.set_style(
-            ProgressStyle::with_template(
-                "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
+            ProgressStyle::with_template(template)
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
         );
         bar.set_message(label.to_string());
         Bar {
@@ -46,6 +58,17 @@ impl Bar {
                 }
             }
         })
+    }
+
+    /// Prints a line on standard error without tearing the bar.
+    pub fn println(&self, line: &str) {
+        match &self.inner {
+            Some(inner) => match inner.lock() {
+                Ok(g) if g.2 => g.0.println(line),
+                _ => eprintln!("{line}"),
+            },
+            None => eprintln!("{line}"),
+        }
     }
 
     pub fn finish(&self) {
