@@ -63,6 +63,8 @@ pub struct CacheStats {
     pub bytes_inflated: u64,
     /// Bytes handed to callers of `read_at`.
     pub bytes_served: u64,
+    /// Tiles dropped to stay within the budget.
+    pub evictions: u64,
     /// Tiles held now.
     pub entries: u64,
     /// Bytes of tile data held now.
@@ -119,6 +121,7 @@ pub struct TileCache {
     misses: AtomicU64,
     bytes_inflated: AtomicU64,
     bytes_served: AtomicU64,
+    evictions: AtomicU64,
 }
 
 impl Default for TileCache {
@@ -151,6 +154,7 @@ impl TileCache {
             misses: AtomicU64::new(0),
             bytes_inflated: AtomicU64::new(0),
             bytes_served: AtomicU64::new(0),
+            evictions: AtomicU64::new(0),
         }
     }
 
@@ -209,6 +213,7 @@ impl TileCache {
             }
             match inner.lru.pop_lru() {
                 Some((_, v)) => {
+                    self.evictions.fetch_add(1, Ordering::Relaxed);
                     inner.bytes -= v.len() as u64;
                     let len = v.len() as u64;
                     if Arc::strong_count(&v) == 1 && inner.spare_bytes + len <= spare_cap {
@@ -317,6 +322,7 @@ impl TileCache {
             misses: self.misses.load(Ordering::Relaxed),
             bytes_inflated: self.bytes_inflated.load(Ordering::Relaxed),
             bytes_served: self.bytes_served.load(Ordering::Relaxed),
+            evictions: self.evictions.load(Ordering::Relaxed),
             entries,
             bytes_cached,
             budget: self.budget,

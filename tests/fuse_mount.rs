@@ -1932,3 +1932,241 @@ fn reads_never_mix_two_versions_of_a_replaced_file() {
         "the readers saw only {seen:?}: the test did not test"
     );
 }
+
+/// The root's `user.pixelrts.stats` as `pixelrts stats --json` prints it.
+fn mount_stats(m: &Mounted) -> Value {
+    let out = pixelrts(&["stats".as_ref(), m.mp.as_os_str(), "--json".as_ref()]);
+    assert!(out.status.success(), "{}", describe(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn stats_on_the_mount_root_count_reads_cache_errors_and_encodes() {
+    let m = Mounted::unmounted();
+    let data = text_with_random_stretches(3 << 20, 7);
+    encode_into(&data, &m.src.join("t.rts.png"), &["--layout", "seekable"]);
+    let mut damaged = std::fs::read(m.src.join("t.rts.png")).unwrap();
+    let n = damaged.len();
+    damaged[n / 2] ^= 0xff; // inside the pixel data
+    std::fs::write(m.src.join("damaged.rts.png"), &damaged).unwrap();
+    m.mount_ok(&[]);
+
+    let before = mount_stats(&m);
+    assert_eq!(before["reads"], 0, "{before:#}");
+    assert_eq!(before["read_latency_us"]["p50"], Value::Null);
+    for key in ["bytes_served", "bytes_inflated"] {
+        assert!(before[key].is_u64(), "{key}: {before:#}");
+    }
+    for key in [
+        "hits",
+        "misses",
+        "evictions",
+        "bytes_held",
+        "entries",
+        "budget",
+    ] {
+        assert!(before["cache"][key].is_u64(), "cache.{key}: {before:#}");
+    }
+
+    assert_eq!(std::fs::read(m.path("t")).unwrap(), data);
+    let f = File::open(m.path("t")).unwrap();
+    let after_read = mount_stats(&m);
+    assert_eq!(after_read["open_files"]["decoded"], 1, "{after_read:#}");
+    drop(f);
+    assert!(after_read["reads"].as_u64().unwrap() >= 1, "{after_read:#}");
+    assert!(
+        after_read["bytes_served"].as_u64().unwrap() >= data.len() as u64,
+        "{after_read:#}"
+    );
+    assert!(after_read["bytes_inflated"].as_u64().unwrap() > 0);
+    assert!(after_read["cache"]["misses"].as_u64().unwrap() > 0);
+    assert!(after_read["read_latency_us"]["p50"].as_u64().unwrap() > 0);
+    // Reading it again, past the kernel's page cache (dropped for this file), hits the
+    // mount's cache.
+    let f = File::open(m.path("t")).unwrap();
+    // SAFETY: a valid descriptor; advice only.
+    unsafe {
+        libc::posix_fadvise(
+            std::os::fd::AsRawFd::as_raw_fd(&f),
+            0,
+            0,
+            libc::POSIX_FADV_DONTNEED,
+        )
+    };
+    let mut again_bytes = vec![0u8; data.len()];
+    f.read_exact_at(&mut again_bytes, 0).unwrap();
+    assert!(again_bytes == data);
+    drop(f);
+    let again = mount_stats(&m);
+    assert!(
+        again["cache"]["hits"].as_u64() > after_read["cache"]["hits"].as_u64(),
+        "{again:#}"
+    );
+
+    // A damaged image: its read fails with EIO, counted by errno.
+    let err = std::fs::read(m.path("damaged")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    let errs = mount_stats(&m);
+    assert!(errs["errors"]["EIO"].as_u64().unwrap() >= 1, "{errs:#}");
+
+    // A file written into encode/ and closed: one encode done, none pending.
+    std::fs::write(m.path("encode/new.bin"), b"encode me").unwrap();
+    let enc = mount_stats(&m);
+    assert_eq!(enc["encodes"]["done"], 1, "{enc:#}");
+    assert_eq!(enc["encodes"]["pending"], 0, "{enc:#}");
+    assert_eq!(enc["encodes"]["failed"], 0, "{enc:#}");
+
+    // getfattr reads the same attribute (size query, then the value).
+    let out = Command::new("getfattr")
+        .args(["-n", "user.pixelrts.stats", "--only-values"])
+        .arg(&m.mp)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["reads"].as_u64() >= enc["reads"].as_u64());
+
+    // The text form and --watch.
+    let out = pixelrts(&["stats".as_ref(), m.mp.as_os_str()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("encodes      done 1"), "{text}");
+    assert!(text.contains("EIO"), "{text}");
+    let child = Command::new(bin())
+        .args(["stats", "--json", "--watch", "0.2"])
+        .arg(&m.mp)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = wait_output(child, WAIT, "pixelrts stats --watch");
+    let samples = String::from_utf8_lossy(&out.stdout);
+    assert!(samples.lines().count() >= 2, "{samples}");
+    for line in samples.lines() {
+        serde_json::from_str::<Value>(line).unwrap();
+    }
+
+    // Not a pixelrts mount: a clear error.
+    let out = pixelrts(&["stats".as_ref(), m.src.as_os_str()]);
+    assert_eq!(out.status.code(), Some(3), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not a pixelrts mount"),
+        "{}",
+        describe(&out)
+    );
+}
+
+/// Under systemd (`JOURNAL_STREAM` naming stderr), records go to the journal's socket with
+/// structured fields; a fake journal socket stands in for journald.
+#[test]
+fn under_systemd_the_mount_logs_structured_records_to_the_journal() {
+    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::net::UnixDatagram;
+    const JOURNAL: &str = "/run/systemd/journal/socket";
+    if Path::new(JOURNAL).exists() {
+        eprintln!("skipped: {JOURNAL} exists (a real journald runs here), so the test cannot stand in for it");
+        return;
+    }
+    let m = Mounted::unmounted();
+    let data = text_with_random_stretches(1 << 20, 3);
+    encode_into(&data, &m.src.join("t.rts.png"), &["--layout", "seekable"]);
+    let mut damaged = std::fs::read(m.src.join("t.rts.png")).unwrap();
+    let n = damaged.len();
+    damaged[n / 2] ^= 0xff;
+    std::fs::write(m.src.join("damaged.rts.png"), &damaged).unwrap();
+
+    std::fs::create_dir_all("/run/systemd/journal").unwrap();
+    struct Remove;
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(JOURNAL);
+            let _ = std::fs::remove_dir("/run/systemd/journal");
+            let _ = std::fs::remove_dir("/run/systemd");
+        }
+    }
+    let sock = UnixDatagram::bind(JOURNAL).unwrap();
+    let _remove = Remove;
+    sock.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+
+    let stderr_path = m._tmp.path().join("stderr");
+    let stderr = File::create(&stderr_path).unwrap();
+    let meta = stderr.metadata().unwrap();
+    let child = Command::new(bin())
+        .args(["mount", "-f"])
+        .arg(&m.src)
+        .arg(&m.mp)
+        .env("JOURNAL_STREAM", format!("{}:{}", meta.dev(), meta.ino()))
+        .env_remove("PIXELRTS_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    assert!(
+        wait_until(WAIT, || is_mounted(&m.mp)),
+        "not mounted: {}",
+        std::fs::read_to_string(&stderr_path).unwrap_or_default()
+    );
+    assert_eq!(std::fs::read(m.path("t")).unwrap(), data);
+    let err = std::fs::read(m.path("damaged")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO));
+    let out = pixelrts(&["umount".as_ref(), m.mp.as_os_str()]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let out = wait_output(child, WAIT, "pixelrts mount -f");
+    assert_eq!(out.status.code(), Some(0));
+
+    // Journal export format: FIELD=value lines, or FIELD\n<u64 length><bytes>\n.
+    let mut records = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    while let Ok(n) = sock.recv(&mut buf) {
+        let mut fields = std::collections::HashMap::new();
+        let mut rest = &buf[..n];
+        while !rest.is_empty() {
+            let line_end = rest.iter().position(|&b| b == b'\n').unwrap_or(rest.len());
+            let line = &rest[..line_end];
+            if let Some(eq) = line.iter().position(|&b| b == b'=') {
+                fields.insert(
+                    String::from_utf8_lossy(&line[..eq]).into_owned(),
+                    String::from_utf8_lossy(&line[eq + 1..]).into_owned(),
+                );
+                rest = &rest[(line_end + 1).min(rest.len())..];
+            } else {
+                let name = String::from_utf8_lossy(line).into_owned();
+                let body = &rest[line_end + 1..];
+                let len = u64::from_le_bytes(body[..8].try_into().unwrap()) as usize;
+                fields.insert(
+                    name,
+                    String::from_utf8_lossy(&body[8..8 + len]).into_owned(),
+                );
+                rest = &body[(8 + len + 1).min(body.len())..];
+            }
+        }
+        if !fields.is_empty() {
+            records.push(fields);
+        }
+    }
+    let mp = std::fs::canonicalize(&m.mp).unwrap();
+    let find = |words: &str| {
+        records
+            .iter()
+            .find(|r| r.get("MESSAGE").is_some_and(|msg| msg.contains(words)))
+            .unwrap_or_else(|| panic!("no record with {words:?} in {records:#?}"))
+    };
+    let mounted = find("mounted");
+    assert_eq!(mounted["PRIORITY"], "6", "{mounted:?}"); // info
+    assert_eq!(mounted["MOUNTPOINT"], mp.to_string_lossy(), "{mounted:?}");
+    assert_eq!(mounted["SYSLOG_IDENTIFIER"], "pixelrts");
+    let failed = records
+        .iter()
+        .find(|r| r.get("ERRNO").map(String::as_str) == Some("5"))
+        .unwrap_or_else(|| panic!("no record with ERRNO=5 in {records:#?}"));
+    assert_eq!(failed["PRIORITY"], "4", "{failed:?}"); // warning
+    assert!(failed["FILE"].contains("damaged.rts.png"), "{failed:?}");
+    let unmounted = find("unmounted");
+    assert_eq!(unmounted["MOUNTPOINT"], mp.to_string_lossy());
+    // Nothing of it went to stderr as well.
+    let text = std::fs::read_to_string(&stderr_path).unwrap();
+    assert!(!text.contains("mounted"), "{text}");
+}

@@ -3,9 +3,11 @@
 
 mod batch_cmd;
 mod bench_cmd;
+mod docs_cmd;
 pub mod exit;
 mod mount_cmd;
 mod progress;
+mod stats_cmd;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -87,6 +89,20 @@ enum Command {
     Mount(mount_cmd::MountArgs),
     /// Unmount a pixelrts mount (fusermount3 -u; umount(2) as root).
     Umount(mount_cmd::UmountArgs),
+    /// Show a running mount's counters: reads, bytes served and inflated, cache, open files,
+    /// encodes, errors, read latency (the user.pixelrts.stats attribute of its root).
+    #[command(
+        after_help = "Examples:\n  pixelrts stats /mnt/rts\n  pixelrts stats /mnt/rts --watch 2\n  pixelrts stats /mnt/rts --json | jq .cache\n  getfattr -n user.pixelrts.stats --only-values /mnt/rts"
+    )]
+    Stats(stats_cmd::StatsArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    #[command(
+        after_help = "Examples:\n  pixelrts completions bash > /usr/share/bash-completion/completions/pixelrts\n  pixelrts completions zsh > /usr/local/share/zsh/site-functions/_pixelrts\n  pixelrts completions fish > ~/.config/fish/completions/pixelrts.fish\n\nscripts/install.sh installs all three."
+    )]
+    Completions(docs_cmd::CompletionsArgs),
+    /// Write the man pages (pixelrts.1, one per subcommand, mount.fuse.pixelrts.8) into DIR.
+    #[command(hide = true)]
+    Man(docs_cmd::ManArgs),
 }
 
 #[derive(Args, Debug)]
@@ -292,10 +308,21 @@ fn parse_mode(s: &str) -> Result<Mode, String> {
     s.parse()
 }
 
+/// The subcommands' names (and `help`): what a first argument must not be for the mount.fuse3
+/// calling convention.
+fn subcommand_names() -> Vec<String> {
+    use clap::CommandFactory;
+    Cli::command()
+        .get_subcommands()
+        .map(|c| c.get_name().to_string())
+        .chain(["help".to_string()])
+        .collect()
+}
+
 /// Runs the command line; returns the process exit status.
 pub fn run() -> i32 {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    if let Some(call) = mount_cmd::helper_call(&args) {
+    if let Some(call) = mount_cmd::helper_call(&args, &subcommand_names()) {
         return match call {
             Ok(call) => {
                 init_logging(call.verbose);
@@ -342,7 +369,11 @@ fn error_message(e: &anyhow::Error) -> String {
 }
 
 fn init_logging(verbose: u8) {
+    use tracing_subscriber::prelude::*;
+    let journal = stderr_is_the_journal();
     let default = match verbose {
+        // The journal filters by priority itself: mounts and unmounts (info) are kept there.
+        0 if journal => "info",
         0 => "warn",
         1 => "info",
         2 => "debug",
@@ -352,6 +383,33 @@ fn init_logging(verbose: u8) {
     // came first): routine, so only its errors are shown unless PIXELRTS_LOG asks.
     let filter = tracing_subscriber::EnvFilter::try_from_env("PIXELRTS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default},fuser=error")));
+    if journal {
+        // Under systemd: records with fields the journal can filter on (MOUNTPOINT, FILE,
+        // ERRNO — the journal's own name for it), their levels as priorities.
+        match tracing_journald::layer() {
+            Ok(layer) => {
+                use tracing_journald::{Priority, PriorityMappings};
+                let layer = layer
+                    .with_field_prefix(None)
+                    .with_syslog_identifier("pixelrts".into())
+                    // Levels as their journal namesakes (the crate's default makes info a
+                    // notice).
+                    .with_priority_mappings(PriorityMappings {
+                        info: Priority::Informational,
+                        debug: Priority::Debug,
+                        ..PriorityMappings::new()
+                    });
+                let _ = tracing_subscriber::registry()
+                    .with(filter)
+                    .with(layer)
+                    .try_init();
+                return;
+            }
+            Err(e) => eprintln!(
+                "pixelrts: JOURNAL_STREAM is set but the journal cannot be reached ({e}); logging to standard error"
+            ),
+        }
+    }
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -359,6 +417,24 @@ fn init_logging(verbose: u8) {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .without_time()
         .try_init();
+}
+
+/// Whether standard error is the journal stream systemd connected: `JOURNAL_STREAM` holds its
+/// `device:inode`, and stays set in children whose stderr was redirected elsewhere (systemd's
+/// documented check).
+fn stderr_is_the_journal() -> bool {
+    let Some((dev, ino)) = std::env::var("JOURNAL_STREAM").ok().and_then(|v| {
+        let (d, i) = v.split_once(':')?;
+        Some((d.parse::<u64>().ok()?, i.parse::<u64>().ok()?))
+    }) else {
+        return false;
+    };
+    // SAFETY: fstat fills the zeroed struct for descriptor 2.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(2, &mut st) } != 0 {
+        return false;
+    }
+    st.st_dev == dev && st.st_ino == ino
 }
 
 fn dispatch(command: Command, verbose: u8) -> anyhow::Result<i32> {
@@ -375,6 +451,9 @@ fn dispatch(command: Command, verbose: u8) -> anyhow::Result<i32> {
         Command::BenchRandom(a) => cmd_bench_random(a),
         Command::BenchGpu(a) => cmd_bench_gpu(a),
         Command::BenchAppend(a) => cmd_bench_append(a),
+        Command::Completions(a) => docs_cmd::cmd_completions(a),
+        Command::Stats(a) => stats_cmd::cmd_stats(a),
+        Command::Man(a) => docs_cmd::cmd_man(a),
         Command::Doctor(a) => {
             let report = pixelrts::doctor::doctor_report(a.threads.unwrap_or(0));
             if a.json {

@@ -43,15 +43,21 @@ pub struct MountArgs {
     pub source: PathBuf,
     /// Folder to mount on.
     pub mountpoint: PathBuf,
-    /// Mount options, comma-separated; repeatable. ro, allow_other, allow_root, auto_unmount,
-    /// default_permissions, encode_dir=NAME (default encode), cache_size=SIZE (default 256M),
-    /// spool=PATH (default SOURCE/.pixelrts-spool), threads=N (default 4), gpu=auto|on|off, compress=auto|zlib|none,
-    /// fsname=NAME, subtype=NAME, noatime, max_read=N; mount(8)'s generic options are ignored.
-    #[arg(short = 'o', value_name = "OPTIONS", action = clap::ArgAction::Append)]
+    /// Mount options, comma-separated; repeatable (--help lists them).
+    #[arg(short = 'o', value_name = "OPTIONS", action = clap::ArgAction::Append, long_help = options_help())]
     pub options: Vec<String>,
     /// Stay in the foreground (default: return once mounted, serve in the background).
     #[arg(short = 'f', long = "foreground")]
     pub foreground: bool,
+}
+
+/// `-o`'s long help: every option from [`fs::OPTION_DOCS`].
+fn options_help() -> String {
+    let mut s = String::from("Mount options, comma-separated; repeatable (later ones win):");
+    for (name, what) in fs::OPTION_DOCS {
+        s.push_str(&format!("\n  {name}\n      {what}"));
+    }
+    s
 }
 
 #[derive(Args, Debug)]
@@ -62,24 +68,6 @@ pub struct UmountArgs {
     #[arg(short = 'z', long = "lazy")]
     pub lazy: bool,
 }
-
-/// The subcommands `run` knows; a first argument that is none of these (nor an option) and is
-/// followed by a second positional argument means the `pixelrts SOURCE MOUNTPOINT -o OPTS`
-/// convention of mount.fuse3.
-const SUBCOMMANDS: &[&str] = &[
-    "encode",
-    "decode",
-    "info",
-    "verify",
-    "bench",
-    "doctor",
-    "dashboard",
-    "cat",
-    "bench-random",
-    "mount",
-    "umount",
-    "help",
-];
 
 /// A mount request in the mount(8) / mount.fuse3 calling convention.
 #[derive(Debug, PartialEq, Eq)]
@@ -94,8 +82,14 @@ pub struct HelperCall {
     pub verbose: u8,
 }
 
-/// Recognises the helper conventions; None for ordinary command lines.
-pub fn helper_call(args: &[OsString]) -> Option<Result<HelperCall, String>> {
+/// Recognises the helper conventions; None for ordinary command lines. `subcommands` are the
+/// names `run` knows: a first argument that is none of these (nor an option) and is followed by
+/// a second positional argument means the `pixelrts SOURCE MOUNTPOINT -o OPTS` convention of
+/// mount.fuse3.
+pub fn helper_call(
+    args: &[OsString],
+    subcommands: &[String],
+) -> Option<Result<HelperCall, String>> {
     let argv0 = args.first()?;
     let as_helper = Path::new(argv0)
         .file_name()
@@ -107,7 +101,7 @@ pub fn helper_call(args: &[OsString]) -> Option<Result<HelperCall, String>> {
         // SOURCE that looks like a path.
         let looks_like_path = first.contains('/') || Path::new(&args[1]).exists();
         if first.starts_with('-')
-            || SUBCOMMANDS.contains(&first)
+            || subcommands.iter().any(|c| c == first)
             || !looks_like_path
             || second.to_string_lossy().starts_with('-')
         {
@@ -364,6 +358,11 @@ fn foreground(a: &MountArgs, opts: &MountOptions) -> anyhow::Result<i32> {
     let mut mounted = match fs::mount(&a.source, &a.mountpoint, opts, on_end) {
         Ok(m) => m,
         Err(e) => {
+            tracing::error!(
+                mountpoint = %a.mountpoint.display(),
+                source_dir = %a.source.display(),
+                "mount failed: {e}"
+            );
             if let Some(f) = ready.as_mut() {
                 let _ = write!(f, "ERROR {e}");
             }
@@ -371,7 +370,13 @@ fn foreground(a: &MountArgs, opts: &MountOptions) -> anyhow::Result<i32> {
         }
     };
     let mp = mounted.mountpoint().to_path_buf();
-    tracing::info!("mounted {} on {}", a.source.display(), mp.display());
+    tracing::info!(
+        mountpoint = %mp.display(),
+        source_dir = %a.source.display(),
+        "mounted {} on {}",
+        a.source.display(),
+        mp.display()
+    );
     if let Some(mut f) = ready.take() {
         let _ = f.write_all(b"READY\n");
         // Detached from the caller's folder so it never keeps a filesystem busy; every path
@@ -395,12 +400,13 @@ fn foreground(a: &MountArgs, opts: &MountOptions) -> anyhow::Result<i32> {
                     Some(r) => {
                         sd_notify("STOPPING=1");
                         r.with_context(|| format!("serving {}", mp.display()))?;
+                        tracing::info!(mountpoint = %mp.display(), "unmounted {}", mp.display());
                         return Ok(0);
                     }
                 }
             }
             _ => {
-                tracing::info!("signal {sig}: unmounting {}", mp.display());
+                tracing::info!(mountpoint = %mp.display(), "signal {sig}: unmounting {}", mp.display());
                 sd_notify("STOPPING=1");
                 let mut wait = SESSION_END_WAIT;
                 if let Err(e) = fs::unmount(&mp, false) {
@@ -422,6 +428,7 @@ fn foreground(a: &MountArgs, opts: &MountOptions) -> anyhow::Result<i32> {
                     ),
                     Some(Ok(())) => {}
                 }
+                tracing::info!(mountpoint = %mp.display(), "unmounted {}", mp.display());
                 return Ok(0);
             }
         }
@@ -432,23 +439,27 @@ fn foreground(a: &MountArgs, opts: &MountOptions) -> anyhow::Result<i32> {
 mod tests {
     use super::*;
 
+    fn call(args: &[OsString]) -> Option<Result<HelperCall, String>> {
+        helper_call(args, &super::super::subcommand_names())
+    }
+
     fn os(v: &[&str]) -> Vec<OsString> {
         v.iter().map(OsString::from).collect()
     }
 
     #[test]
     fn recognises_helper_conventions() {
-        assert!(helper_call(&os(&["pixelrts", "decode", "a", "b"])).is_none());
-        assert!(helper_call(&os(&["pixelrts", "--help"])).is_none());
-        assert!(helper_call(&os(&["pixelrts", "x"])).is_none());
-        assert!(helper_call(&os(&["pixelrts", "encod", "a", "b"])).is_none());
-        let c = helper_call(&os(&["pixelrts", "/s", "/m", "-o", "ro,allow_other"]))
+        assert!(call(&os(&["pixelrts", "decode", "a", "b"])).is_none());
+        assert!(call(&os(&["pixelrts", "--help"])).is_none());
+        assert!(call(&os(&["pixelrts", "x"])).is_none());
+        assert!(call(&os(&["pixelrts", "encod", "a", "b"])).is_none());
+        let c = call(&os(&["pixelrts", "/s", "/m", "-o", "ro,allow_other"]))
             .unwrap()
             .unwrap();
         assert_eq!(c.source, Path::new("/s"));
         assert_eq!(c.options, ["ro,allow_other"]);
         assert!(!c.fake);
-        let c = helper_call(&os(&[
+        let c = call(&os(&[
             "/sbin/mount.fuse.pixelrts",
             "/s",
             "/m",
@@ -462,9 +473,9 @@ mod tests {
         .unwrap()
         .unwrap();
         assert!(c.fake && !c.foreground);
-        let e = helper_call(&os(&["mount.fuse.pixelrts", "/s"])).unwrap();
+        let e = call(&os(&["mount.fuse.pixelrts", "/s"])).unwrap();
         assert!(e.unwrap_err().contains("SOURCE MOUNTPOINT"));
-        let e = helper_call(&os(&["pixelrts", "/s", "/m", "-x"])).unwrap();
+        let e = call(&os(&["pixelrts", "/s", "/m", "-x"])).unwrap();
         assert!(e.unwrap_err().contains("-x"));
     }
 }

@@ -162,6 +162,15 @@ impl Default for EncodeDirOptions {
     }
 }
 
+/// See [`EncodeDir::counters`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EncodeCounters {
+    pub done: u64,
+    pub failed: u64,
+    pub pending: u64,
+    pub open: u64,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EntryKind {
     File,
@@ -221,6 +230,9 @@ pub struct EncodeDir {
     handles: Mutex<HashMap<u64, Arc<Handle>>>,
     next_handle: AtomicU64,
     next_tmp: AtomicU64,
+    /// Commits that encoded, and that failed (`user.pixelrts.stats`).
+    encodes_done: AtomicU64,
+    encodes_failed: AtomicU64,
 }
 
 /// Every entry by its rel path; the root is the empty path. `PathBuf` orders component-wise, so
@@ -444,6 +456,8 @@ impl EncodeDir {
             handles: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
             next_tmp: AtomicU64::new(0),
+            encodes_done: AtomicU64::new(0),
+            encodes_failed: AtomicU64::new(0),
         };
         // A crash while a meta file was rewritten leaves its temporary file beside it.
         dir.remove_stale_meta_temps(&dir.meta);
@@ -1001,6 +1015,22 @@ impl EncodeDir {
         }
         written.map_err(|e| Error::io(&st.rel, e))?;
         Ok(data.len())
+    }
+
+    /// Encodes done and failed since the mount, files waiting to be encoded (Spooled), and open
+    /// handles: the encode folder's part of `user.pixelrts.stats`.
+    pub fn counters(&self) -> EncodeCounters {
+        let pending = lock(&self.tree)
+            .nodes
+            .values()
+            .filter(|n| matches!(n, Node::File(f) if lock(&f.state).dirty))
+            .count() as u64;
+        EncodeCounters {
+            done: self.encodes_done.load(Ordering::Relaxed),
+            failed: self.encodes_failed.load(Ordering::Relaxed),
+            pending,
+            open: lock(&self.handles).len() as u64,
+        }
     }
 
     /// A close: publishes the entry if this handle wrote it (see "Commit" in the module doc).

@@ -14,7 +14,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use fuser::{
     AccessFlags, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
@@ -24,6 +24,7 @@ use fuser::{
 };
 
 use super::encode_dir::{EncodeDir, EntryAttr, EntryKind, Opened};
+use super::stats::{self, Gathered, MountStats, SizedOnce, STATS_XATTR};
 use super::view::{self, Entry, Kind, Probe, View};
 use super::xattr::{self, SizedReply};
 use crate::error::Error;
@@ -233,6 +234,9 @@ pub struct PixelFs {
     next_fh: AtomicU64,
     uid: u32,
     gid: u32,
+    /// Counters for `user.pixelrts.stats` on the root.
+    stats: MountStats,
+    stats_sized: SizedOnce,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -282,7 +286,31 @@ impl PixelFs {
             // SAFETY: getuid/getgid cannot fail.
             uid: unsafe { libc::getuid() },
             gid: unsafe { libc::getgid() },
+            stats: MountStats::default(),
+            stats_sized: SizedOnce::default(),
         }
+    }
+
+    /// `user.pixelrts.stats`: this mount's counters and the parts the cache and the encode
+    /// folder keep.
+    fn stats_value(&self) -> Vec<u8> {
+        let open_decoded = lock(&self.handles)
+            .values()
+            .filter(|h| matches!(h, Handle::Reader { .. }))
+            .count() as u64;
+        let encode = self
+            .encode_dir()
+            .map(EncodeDir::counters)
+            .unwrap_or_default();
+        let gathered = Gathered {
+            cache: self.view.cache().stats(),
+            open_decoded,
+            open_encode: encode.open,
+            encodes_done: encode.done,
+            encodes_failed: encode.failed,
+            encodes_pending: encode.pending,
+        };
+        stats::attribute_value(&self.stats.snapshot(&gathered))
     }
 
     fn nodes(&self) -> std::sync::RwLockReadGuard<'_, Nodes> {
@@ -300,16 +328,20 @@ impl PixelFs {
     /// Logs `e` (with the file it names) and turns it into the errno for the kernel.
     fn fail(&self, op: &str, what: &Path, e: &Error) -> Errno {
         let code = e.errno();
+        self.stats.error(code);
         if expected(code) {
-            tracing::debug!("{op} {}: {e}", what.display());
+            tracing::debug!(file = %what.display(), errno = code, "{op} {}: {e}", what.display());
         } else {
-            tracing::warn!("{op} {}: {e}", what.display());
+            tracing::warn!(file = %what.display(), errno = code, "{op} {}: {e}", what.display());
         }
         errno(code)
     }
 
     fn plain(&self, op: &str, what: &Path, code: i32) -> Errno {
+        self.stats.error(code);
         tracing::debug!(
+            file = %what.display(),
+            errno = code,
             "{op} {}: {}",
             what.display(),
             std::io::Error::from_raw_os_error(code)
@@ -745,7 +777,10 @@ impl PixelFs {
     }
 
     fn xattr_names(&self, ino: u64) -> Result<Vec<String>, Errno> {
-        if ino == ROOT || ino == ENCODE_ROOT {
+        if ino == ROOT {
+            return Ok(vec![STATS_XATTR.to_string()]);
+        }
+        if ino == ENCODE_ROOT {
             return Ok(Vec::new());
         }
         if let Some(version) = self.version_of(ino) {
@@ -1123,6 +1158,7 @@ impl Filesystem for PixelFs {
         reply: ReplyData,
     ) {
         if let Some(reader) = self.reader_of(fh.0) {
+            let started = Instant::now();
             let want = (size as u64).min(reader.len().saturating_sub(offset)) as usize;
             return READ_BUFFER.with_borrow_mut(|buf| {
                 // The reader fills what it returns; a worker's buffer is reused, not zeroed
@@ -1131,10 +1167,16 @@ impl Filesystem for PixelFs {
                     buf.resize(want, 0);
                 }
                 match reader.read_at(offset, &mut buf[..want]) {
-                    Ok(n) => reply.data(&buf[..n]),
+                    Ok(n) => {
+                        reply.data(&buf[..n]);
+                        self.stats.read_done(n, started.elapsed());
+                    }
                     // Never wrong bytes: any reader error is EIO (or its own errno), logged
                     // with the PNG's name.
-                    Err(e) => reply.error(self.fail("read", reader.path(), &e)),
+                    Err(e) => {
+                        reply.error(self.fail("read", reader.path(), &e));
+                        self.stats.read_done(0, started.elapsed());
+                    }
                 }
             });
         }
@@ -1368,7 +1410,12 @@ impl Filesystem for PixelFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        match self.xattr_value(ino.0, name) {
+        let value = if ino.0 == ROOT && name == STATS_XATTR {
+            Ok(Some(self.stats_sized.value(size, || self.stats_value())))
+        } else {
+            self.xattr_value(ino.0, name)
+        };
+        match value {
             Ok(Some(v)) => match xattr::sized(&v, size) {
                 SizedReply::Size(n) => reply.size(n),
                 SizedReply::Data(d) => reply.data(d),

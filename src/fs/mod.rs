@@ -10,6 +10,7 @@
 
 pub mod encode_dir;
 pub mod fuse;
+pub mod stats;
 pub mod view;
 pub mod xattr;
 
@@ -127,6 +128,27 @@ impl Default for MountOptions {
         }
     }
 }
+
+/// Every `-o` option with what it does: the one list `pixelrts mount --help`, the
+/// mount.fuse.pixelrts(8) man page and the unknown-option error are made from.
+pub const OPTION_DOCS: &[(&str, &str)] = &[
+    ("ro", "Read-only: no encode directory, nothing is written to SOURCE."),
+    ("allow_other", "Let other users use the mount (for a user other than root, needs user_allow_other in /etc/fuse.conf)."),
+    ("allow_root", "Let root use the mount too."),
+    ("auto_unmount", "Unmount when the mount process ends, even if it is killed."),
+    ("default_permissions", "Let the kernel check permissions against the files' modes."),
+    ("encode_dir=NAME", "Name of the folder whose files are encoded into SOURCE when closed (default encode)."),
+    ("cache_size=SIZE", "Decoded bytes kept in memory, with a K, M or G suffix (default 256M)."),
+    ("spool=PATH", "Where files written into the encode folder are held until encoded (default SOURCE/.pixelrts-spool)."),
+    ("threads=N", "Threads serving FUSE requests (default 4, at most 256)."),
+    ("gpu=auto|on|off", "GPU use for encodes: auto (only where present and measured to win), on (fail to mount without a usable GPU), off."),
+    ("compress=auto|zlib|none", "Payload of files encoded through the encode folder: auto (compress when a sample shows it pays), zlib, none."),
+    ("fsname=NAME", "The source shown in the mount table (default SOURCE)."),
+    ("subtype=NAME", "The type shown as fuse.NAME in the mount table (default pixelrts)."),
+    ("max_read=N", "Largest read request the kernel sends, with a K or M suffix."),
+    ("noatime, atime, relatime, strictatime, nodiratime, dirsync, sync, async", "Passed to the kernel."),
+    ("rw, defaults, auto, noauto, user, nouser, users, nofail, _netdev, dev, nodev, suid, nosuid, exec, noexec, x-systemd.*, comment=*", "mount(8) and fstab options: accepted and ignored."),
+];
 
 /// Options mount(8) or fstab add that mean nothing to this filesystem.
 fn is_ignored(name: &str) -> bool {
@@ -279,13 +301,17 @@ impl MountOptions {
             "fsname" => self.fsname = Some(need(value)?),
             "subtype" => self.subtype = need(value)?,
             _ => {
+                let known: Vec<&str> = OPTION_DOCS[..OPTION_DOCS.len() - 1]
+                    .iter()
+                    .map(|(name, _)| *name)
+                    .collect();
                 return Err(opt_err(
                     opt,
-                    "unknown option (known: ro, allow_other, allow_root, auto_unmount, \
-                     default_permissions, encode_dir=NAME, cache_size=SIZE, spool=PATH, \
-                     threads=N, gpu=auto|on|off, compress=auto|zlib|none, fsname=NAME, subtype=NAME, noatime, \
-                     max_read=N, and mount(8)'s generic ones)",
-                ))
+                    format!(
+                        "unknown option (known: {}, and mount(8)'s generic ones)",
+                        known.join(", ")
+                    ),
+                ));
             }
         }
         Ok(())
@@ -785,6 +811,34 @@ pub fn unmount(mountpoint: &Path, lazy: bool) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The man page and --help list OPTION_DOCS: every name there must be one `apply` takes.
+    #[test]
+    fn every_documented_option_is_accepted() {
+        for (names, _) in OPTION_DOCS {
+            for name in names.split(", ") {
+                let sample = match name.split_once('=') {
+                    None => name.to_string(),
+                    Some((n, "*")) => format!("{n}=x"),
+                    Some(("cache_size" | "max_read", _)) => {
+                        format!("{}=64K", &name[..name.find('=').unwrap()])
+                    }
+                    Some(("threads", _)) => "threads=2".into(),
+                    Some((n, v)) => format!(
+                        "{n}={}",
+                        v.split('|')
+                            .next()
+                            .unwrap()
+                            .replace("NAME", "x")
+                            .replace("PATH", "/tmp/x")
+                    ),
+                };
+                let sample = sample.replace(".*", ".automount");
+                MountOptions::parse(&[sample.as_str()])
+                    .unwrap_or_else(|e| panic!("{name} documented, {sample:?} refused: {e}"));
+            }
+        }
+    }
 
     #[test]
     fn parses_options() {

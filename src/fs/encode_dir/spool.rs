@@ -275,9 +275,15 @@ impl EncodeDir {
         };
         let proc_path = PathBuf::from(format!("/proc/self/fd/{}", input.as_raw_fd()));
         if let Err(e) = encode::encode_file(&proc_path, &target, &opts) {
+            self.encodes_failed.fetch_add(1, Ordering::Relaxed);
             // The encoder already removed its temporary file; the folders made for it go too.
             remove_dirs(&created);
-            tracing::warn!("{}: encode failed, kept in the spool: {e}", rel.display());
+            tracing::warn!(
+                file = %rel.display(),
+                errno = e.errno(),
+                "{}: encode failed, kept in the spool: {e}",
+                rel.display()
+            );
             return Err(e);
         }
         if let Some(first) = created.first() {
@@ -286,6 +292,7 @@ impl EncodeDir {
                 sync_dir(d);
             }
         }
+        self.encodes_done.fetch_add(1, Ordering::Relaxed);
         crate::failpoint::crash_point("renamed");
         let m = input.metadata().at(&self.data.join(&rel))?;
 
