@@ -45,7 +45,15 @@ pub fn cmd_man(a: ManArgs) -> anyhow::Result<i32> {
 
 /// Writes every page into `dir`; returns their paths.
 pub fn write_man_pages(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    let mut top = Cli::command().disable_help_subcommand(true);
+    // The mount page lists the -o options in their own section (as the helper's page does);
+    // `--help` has them under -o instead.
+    let mut top = Cli::command()
+        .disable_help_subcommand(true)
+        .mut_subcommand("mount", |c| {
+            c.mut_arg("options", |a| {
+                a.long_help("Mount options, comma-separated; repeatable, later ones win (see MOUNT OPTIONS).")
+            })
+        });
     top.build();
     let mut pages = vec![(Man::new(top.clone()), true)];
     for sub in top.get_subcommands().filter(|s| !s.is_hide_set()) {
@@ -55,7 +63,7 @@ pub fn write_man_pages(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     for (man, is_top) in pages {
         let path = dir.join(man.get_filename());
         let mut page = Vec::new();
-        render_page(&man, is_top, &mut page)?;
+        render_page(&man, is_top, is_top, &mut page)?;
         if man.get_filename() == "pixelrts-mount.1" {
             page.extend(mount_options_section().render().as_bytes());
         }
@@ -75,8 +83,9 @@ fn write_file(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 }
 
 /// clap_mangen's sections, with the after-help text (examples) under EXAMPLES instead of
-/// EXTRA, and on the top page without it (it is the exit status table, rendered below).
-fn render_page(man: &Man, is_top: bool, w: &mut Vec<u8>) -> anyhow::Result<()> {
+/// EXTRA, and on the top page without it (it is the exit status table, rendered below); the
+/// VERSION section only for a command that has a version (clap_mangen panics otherwise).
+fn render_page(man: &Man, is_top: bool, has_version: bool, w: &mut Vec<u8>) -> anyhow::Result<()> {
     man.render_title(w)?;
     man.render_name_section(w)?;
     man.render_synopsis_section(w)?;
@@ -92,7 +101,9 @@ fn render_page(man: &Man, is_top: bool, w: &mut Vec<u8>) -> anyhow::Result<()> {
             w.extend(extra.as_bytes());
         }
     }
-    man.render_version_section(w)?;
+    if has_version {
+        man.render_version_section(w)?;
+    }
     Ok(())
 }
 
@@ -153,6 +164,7 @@ fn see_also(is_top: bool) -> Roff {
 fn helper_page() -> anyhow::Result<Vec<u8>> {
     use clap::{Arg, ArgAction, Command};
     let cmd = Command::new(HELPER)
+        .version(env!("CARGO_PKG_VERSION"))
         .about("mount helper for PixelRTS image folders (mount -t fuse.pixelrts)")
         .long_about(
             "mount(8) runs this helper for `mount -t fuse.pixelrts SOURCE MOUNTPOINT` and for fstab \
@@ -202,7 +214,7 @@ fn helper_page() -> anyhow::Result<Vec<u8>> {
         );
     let man = Man::new(cmd).section("8");
     let mut page = Vec::new();
-    render_page(&man, false, &mut page)?;
+    render_page(&man, false, true, &mut page)?;
     page.extend(mount_options_section().render().as_bytes());
     page.extend(exit_status_section().render().as_bytes());
     let mut refs = Roff::new();
