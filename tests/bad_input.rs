@@ -235,9 +235,11 @@ fn check_case(case: Case) {
             assert_eq!(code, 1, "{what}: a hash mismatch exits 1: {}", m.describe());
         }
         assert_ne!(code, 0, "{what}: should fail: {}", m.describe());
+        // README "Exit status": 4 for a damaged or unsupported image, 1 for a check that
+        // failed (`verify`, `decode --verify`).
         assert!(
-            code == 1 || code == 2,
-            "{what}: exit code should be 2 (or 1 for a verify mismatch): {}",
+            code == 1 || code == 4,
+            "{what}: exit code should be 4 (or 1 for a failed check): {}",
             m.describe()
         );
         // `verify` may report a mismatch (exit 1) on stdout, like `sha256sum -c`; every other
