@@ -179,10 +179,31 @@ fn one_or_two_paths_keep_the_single_file_form_and_a_folder_asks_for_r() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in.bin");
     std::fs::write(&input, b"single").unwrap();
-    let named = dir.path().join("named.png");
+    let named = dir.path().join("named.rts.png");
     let o = run(["encode".as_ref(), input.as_os_str(), named.as_os_str()]);
     assert!(o.status.success(), "{}", describe(&o));
     assert!(named.exists());
+    // A second path that is an existing non-image is a second input, not an output to replace
+    // (`encode a.bin b.bin` meant as a batch), even with --force.
+    let second = dir.path().join("second.bin");
+    std::fs::write(&second, b"keep me").unwrap();
+    let o = run([
+        "encode".as_ref(),
+        input.as_os_str(),
+        second.as_os_str(),
+        "--force".as_ref(),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", describe(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--output-dir"));
+    assert_eq!(std::fs::read(&second).unwrap(), b"keep me");
+    let o = run([
+        "decode".as_ref(),
+        named.as_os_str(),
+        named.as_os_str(),
+        "--force".as_ref(),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", describe(&o));
+
     let o = run(["encode".as_ref(), dir.path().as_os_str()]);
     assert_eq!(o.status.code(), Some(2), "{}", describe(&o));
     assert!(

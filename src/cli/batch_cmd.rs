@@ -31,9 +31,14 @@ pub struct BatchArgs {
 impl BatchArgs {
     /// The single-file form's INPUT and OUTPUT, or None for a batch: one or two paths and no
     /// batch option is the single form (`encode IN [OUT]`, as before batches existed).
+    ///
+    /// An existing OUTPUT that looks like a second input (encode: not a `.png`; decode: a
+    /// `.rts.png`) is refused even with --force: `encode a.bin b.bin` meant as a batch must not
+    /// replace b.bin with a picture of a.bin.
     pub fn single<'a>(
         &self,
         inputs: &'a [PathBuf],
+        direction: Direction,
     ) -> anyhow::Result<Option<(&'a Path, Option<PathBuf>)>> {
         let batch = self.output_dir.is_some() || self.summary.is_some() || self.recursive;
         if batch || inputs.len() > 2 {
@@ -45,6 +50,20 @@ impl BatchArgs {
                 inputs[0].display()
             ))
             .into());
+        }
+        if let Some(output) = inputs.get(1) {
+            let name = output.to_string_lossy();
+            let looks_like_input = match direction {
+                Direction::Encode => !name.ends_with(".png"),
+                Direction::Decode => name.ends_with(".rts.png"),
+            };
+            if looks_like_input && output.exists() {
+                return Err(pixelrts::Error::InvalidArgument(format!(
+                    "{name}: exists and looks like a second input, not an output; to take both \
+                     as a batch give --output-dir DIR; to write over it, remove it first"
+                ))
+                .into());
+            }
         }
         Ok(Some((&inputs[0], inputs.get(1).cloned())))
     }

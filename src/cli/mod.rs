@@ -16,6 +16,7 @@ use anyhow::{anyhow, bail, Context};
 use clap::{Args, Parser, Subcommand};
 use serde_json::{Map, Value};
 
+use pixelrts::batch::Direction;
 use pixelrts::decode::{self, DecodeOptions};
 use pixelrts::encode::{self, EncodeOptions};
 use pixelrts::gpu::GpuMode;
@@ -517,7 +518,7 @@ fn encode_options(a: &EncodeArgs) -> anyhow::Result<EncodeOptions> {
 
 fn cmd_encode(a: EncodeArgs) -> anyhow::Result<i32> {
     let opts = encode_options(&a)?;
-    let Some((input, output)) = a.batch.single(&a.inputs)? else {
+    let Some((input, output)) = a.batch.single(&a.inputs, Direction::Encode)? else {
         return batch_cmd::encode(&a.inputs, &a.batch, &opts, a.threads);
     };
     let output = output.unwrap_or_else(|| encode::default_output(input));
@@ -561,7 +562,7 @@ fn cmd_decode(a: DecodeArgs) -> anyhow::Result<i32> {
         gpu: a.gpu,
         ..Default::default()
     };
-    let Some((input, output)) = a.batch.single(&a.inputs)? else {
+    let Some((input, output)) = a.batch.single(&a.inputs, Direction::Decode)? else {
         return batch_cmd::decode(&a.inputs, &a.batch, &base, a.threads);
     };
     let to_stdout = output.as_deref() == Some(Path::new("-"));
