@@ -83,14 +83,8 @@ pub fn encode(
     opts: &EncodeOptions,
     threads: Option<usize>,
 ) -> anyhow::Result<i32> {
-    let jobs = batch::plan(
-        inputs,
-        args.output_dir.as_deref(),
-        args.recursive,
-        Direction::Encode,
-    )?;
-    run(&jobs, args, "encoding", "encoded", |on_done| {
-        batch::encode(&jobs, opts, threads, on_done)
+    run(inputs, args, Direction::Encode, |jobs, on_done| {
+        batch::encode(jobs, opts, threads, on_done)
     })
 }
 
@@ -100,27 +94,30 @@ pub fn decode(
     opts: &DecodeOptions,
     threads: Option<usize>,
 ) -> anyhow::Result<i32> {
+    run(inputs, args, Direction::Decode, |jobs, on_done| {
+        batch::decode(jobs, opts, threads, on_done)
+    })
+}
+
+/// Plans the batch, runs it (`go`) with one progress bar, reports each failure as it happens,
+/// writes the summary, and returns the exit status: 0 when every file succeeded,
+/// [`exit::BATCH_PARTIAL`] otherwise.
+fn run(
+    inputs: &[PathBuf],
+    args: &BatchArgs,
+    direction: Direction,
+    go: impl FnOnce(&[batch::Job], &(dyn Fn(&JobResult) + Sync)) -> pixelrts::Result<Vec<JobResult>>,
+) -> anyhow::Result<i32> {
     let jobs = batch::plan(
         inputs,
         args.output_dir.as_deref(),
         args.recursive,
-        Direction::Decode,
+        direction,
     )?;
-    run(&jobs, args, "decoding", "decoded", |on_done| {
-        batch::decode(&jobs, opts, threads, on_done)
-    })
-}
-
-/// Runs a planned batch with one progress bar, reports each failure as it happens, writes the
-/// summary, and returns the exit status: 0 when every file succeeded, [`exit::BATCH_PARTIAL`]
-/// otherwise.
-fn run(
-    jobs: &[batch::Job],
-    args: &BatchArgs,
-    label: &str,
-    past: &str,
-    go: impl FnOnce(&(dyn Fn(&JobResult) + Sync)) -> pixelrts::Result<Vec<JobResult>>,
-) -> anyhow::Result<i32> {
+    let (label, past) = match direction {
+        Direction::Encode => ("encoding", "encoded"),
+        Direction::Decode => ("decoding", "decoded"),
+    };
     let bar = progress::Bar::files(label, jobs.len() as u64);
     let tick = bar.callback();
     let done = AtomicUsize::new(0);
@@ -131,7 +128,7 @@ fn run(
         let n = done.fetch_add(1, Ordering::Relaxed) + 1;
         tick(n as u64, jobs.len() as u64);
     };
-    let results = go(&on_done)?;
+    let results = go(&jobs, &on_done)?;
     bar.finish();
     let failed = results.iter().filter(|r| !r.ok()).count();
     let bytes: u64 = results.iter().filter_map(|r| r.size).sum();
