@@ -5,11 +5,16 @@
 //! - [`validate`]: SOURCE, MOUNTPOINT, the encode directory name and the spool, checked before
 //!   anything is mounted.
 //! - [`mount`]: builds the [`view::View`], opens the encode directory (encoding pending spool
-//!   files first) and mounts [`fuse::PixelFs`] with `fuser`.
+//!   files first) and mounts [`fuse::PixelFs`] with `fuser`. The filesystem itself is
+//!   `filesystem.rs` (handles, routing to the view or the encode directory, errno) over
+//!   `inodes.rs` (the inode table); `fuse.rs` only turns requests into its calls and its
+//!   answers into replies.
 //! - [`unmount`]: what `pixelrts umount` and the signal handler use.
 
 pub mod encode_dir;
+mod filesystem;
 pub mod fuse;
+mod inodes;
 pub mod stats;
 pub mod view;
 pub mod xattr;
