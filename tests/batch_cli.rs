@@ -288,3 +288,60 @@ fn every_kind_of_failure_has_its_documented_exit_status() {
     ]);
     assert_eq!(code, Some(2), "{d}");
 }
+
+/// A batch writing to a disk that fills up: the files that fit are complete images, the rest
+/// fail with ENOSPC one by one (no partial image, no temporary file left), the batch exits 6
+/// and the summary says which.
+#[test]
+fn a_full_disk_fails_the_files_that_do_not_fit_and_leaves_no_partial_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    let mut files = Vec::new();
+    for i in 0..4u64 {
+        let data = prng_bytes(700 << 10, 100 + i); // random: stored, about 700 KiB an image
+        std::fs::write(src.join(format!("f{i}.bin")), &data).unwrap();
+        files.push(data);
+    }
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let _disk = common::SysMount::new(&out, "1600k");
+    let summary_file = dir.path().join("summary.json");
+    let o = run([
+        "encode".as_ref(),
+        "-r".as_ref(),
+        src.as_os_str(),
+        "--output-dir".as_ref(),
+        out.as_os_str(),
+        "--summary".as_ref(),
+        summary_file.as_os_str(),
+        "--no-sidecar".as_ref(),
+        "--threads".as_ref(),
+        "1".as_ref(),
+    ]);
+    assert_eq!(o.status.code(), Some(6), "{}", describe(&o));
+    let rows = summary(&summary_file);
+    let failed: Vec<&Value> = rows.iter().filter(|r| r["status"] == "error").collect();
+    assert!(!failed.is_empty() && failed.len() < 4, "{rows:#?}");
+    for r in &failed {
+        let why = r["error"].as_str().unwrap();
+        assert!(why.contains("No space left"), "{why}");
+    }
+    // What is there is whole: every file in the folder is a complete image of its input.
+    for entry in std::fs::read_dir(&out).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let i: usize = name
+            .strip_prefix('f')
+            .and_then(|n| n.strip_suffix(".bin.rts.png"))
+            .unwrap_or_else(|| panic!("{name}: left in the output folder"))
+            .parse()
+            .unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(
+            common::independent_rust_decode(&bytes).unwrap(),
+            files[i],
+            "{name}"
+        );
+    }
+}

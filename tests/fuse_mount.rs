@@ -999,37 +999,6 @@ assert status == b"0", status
 }
 
 /// A tmpfs or bind mount made for a test, lazily unmounted on drop.
-struct SysMount(PathBuf);
-
-impl SysMount {
-    fn new(at: &Path, size: &str) -> Self {
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(at)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "cannot mount a tmpfs (these tests need root): {}",
-            describe(&out)
-        );
-        SysMount(at.to_path_buf())
-    }
-    fn resize(&self, size: &str) {
-        let out = Command::new("mount")
-            .args(["-o", &format!("remount,size={size}")])
-            .arg(&self.0)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "tmpfs remount: {}", describe(&out));
-    }
-}
-
-impl Drop for SysMount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
 
 #[test]
 fn an_encode_failure_is_reported_at_close_and_nothing_is_lost() {

@@ -497,3 +497,37 @@ pub fn reference_compressed(data: &[u8], stream: &[u8], kind: &str) -> Vec<u8> {
         .idat(&zlib(&filter_none(&rgba, 4 * grid as usize)))
         .iend()
 }
+
+/// A tmpfs of a given size mounted at a folder (root only), unmounted (lazily) on drop: a
+/// small disk that fills up.
+pub struct SysMount(pub PathBuf);
+
+impl SysMount {
+    pub fn new(at: &Path, size: &str) -> Self {
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "cannot mount a tmpfs (these tests need root): {}",
+            describe(&out)
+        );
+        SysMount(at.to_path_buf())
+    }
+    pub fn resize(&self, size: &str) {
+        let out = Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "tmpfs remount: {}", describe(&out));
+    }
+}
+
+impl Drop for SysMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
