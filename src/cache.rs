@@ -241,12 +241,19 @@ impl TileCache {
                 return b;
             }
             // A new buffer: make room for it first, so that tiles being decoded (not yet
-            // inserted) fit in the budget with the cached ones instead of on top of them.
+            // inserted) fit in the budget with the cached ones instead of on top of them. An
+            // evicted tile of the right size that nobody holds is the buffer: once the cache
+            // is full, every decode would otherwise allocate and zero fresh memory (a `cp`
+            // through the mount: 7% of its CPU in memset and first-touch page faults).
             while inner.bytes + inner.spare_bytes + len as u64 > self.budget {
                 if let Some(b) = inner.spare.pop() {
                     inner.spare_bytes -= b.len() as u64;
-                } else if let Some((_, v)) = inner.lru.pop_lru() {
+                } else if let Some((_, mut v)) = inner.lru.pop_lru() {
+                    self.evictions.fetch_add(1, Ordering::Relaxed);
                     inner.bytes -= v.len() as u64;
+                    if v.len() == len && Arc::get_mut(&mut v).is_some() {
+                        return v;
+                    }
                 } else {
                     break;
                 }
@@ -344,6 +351,34 @@ mod tests {
             },
             tile,
         }
+    }
+
+    #[test]
+    fn a_full_cache_hands_out_an_evicted_tile_as_the_next_buffer() {
+        let cache = TileCache::new(4 * 1024);
+        for t in 0..4 {
+            let mut b = cache.buffer(1024);
+            Arc::get_mut(&mut b).unwrap().fill(t as u8);
+            cache.insert(key(t), b);
+        }
+        let oldest = cache.peek(&key(0)).unwrap();
+        let oldest_ptr = oldest.as_ptr();
+        drop(oldest);
+        // Held by a reader: not reused, dropped from the cache all the same.
+        let held = cache.peek(&key(1)).unwrap();
+        let reused = cache.buffer(1024);
+        assert_eq!(
+            reused.as_ptr(),
+            oldest_ptr,
+            "the least recently used tile's memory"
+        );
+        assert_eq!(cache.stats().evictions, 1);
+        assert!(cache.peek(&key(0)).is_none());
+        cache.insert(key(4), reused);
+        let fresh = cache.buffer(1024);
+        assert_ne!(fresh.as_ptr(), held.as_ptr());
+        assert_eq!(cache.stats().evictions, 2);
+        assert_eq!(*held, [1u8; 1024][..]);
     }
 
     #[test]

@@ -888,3 +888,42 @@ fn lying_v2_entries_fail_only_their_tile() {
         assert!(e.to_string().contains(&file), "{name}: {e}");
     }
 }
+
+/// A file read from start to end makes the reader read its whole PNG from the disk in the
+/// background (large reads instead of the Hilbert curve's scattered row pieces; measured in
+/// README "The read path"); reads all over the file do not.
+#[test]
+fn a_sequential_reader_warms_the_png_and_a_random_one_does_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let data: Vec<u8> = {
+        let mut rng = Rng(7);
+        (0..48 << 20).map(|_| rng.next() as u8).collect()
+    };
+    let png = encode_into(dir.path(), "warm", &data, &EncodeOptions::default());
+    let mut buf = vec![0u8; 1 << 20];
+
+    let random = private_reader(&png).unwrap();
+    let mut rng = Rng(3);
+    for _ in 0..64 {
+        let at = rng.below((data.len() - buf.len()) as u64) as usize;
+        random.read_at(at as u64, &mut buf).unwrap();
+        assert!(buf[..] == data[at..at + buf.len()]);
+    }
+    assert!(
+        !random.warming(),
+        "64 MiB of scattered reads warmed the PNG"
+    );
+
+    let sequential = private_reader(&png).unwrap();
+    for at in (0..40 << 20).step_by(buf.len()) {
+        let n = sequential.read_at(at as u64, &mut buf).unwrap();
+        assert!(buf[..n] == data[at..at + n]);
+        if at < 16 << 20 {
+            assert!(!sequential.warming(), "warmed after {at} bytes");
+        }
+    }
+    assert!(
+        sequential.warming(),
+        "40 MiB read in order did not warm the PNG"
+    );
+}

@@ -153,6 +153,11 @@ impl SeekableImage {
         Ok(())
     }
 
+    /// The open PNG (for read-ahead advice on it).
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -67,6 +67,25 @@ const MAX_KEPT_RUN_BYTES: usize = 1 << 20;
 const READAHEAD_TILES: u64 = 64;
 /// How many recent reads' ends a read may start at to count as sequential.
 const RECENT_ENDS: usize = 8;
+/// Payload bytes read sequentially after which the whole PNG is read from the disk in the
+/// background ([`Reader::warm_png`]): a `cp`, not a program's scattered small reads.
+const WARM_AFTER_SEQUENTIAL: u64 = 32 << 20;
+/// PNGs smaller than this are not worth a thread.
+const WARM_MIN_FILE: u64 = 32 << 20;
+/// Bytes advised per step of the warming thread.
+const WARM_STEP: u64 = 8 << 20;
+
+/// `MemAvailable` of /proc/meminfo in bytes (0 when unknown: nothing is warmed).
+fn mem_available() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|l| l.strip_prefix("MemAvailable:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib << 10)
+}
 
 /// A tile and its position in a request.
 type IndexedTile = (usize, Arc<[u8]>);
@@ -130,6 +149,18 @@ pub struct Reader {
     next_end_slot: AtomicUsize,
     /// Whether a background read-ahead of this reader is running (one at a time).
     reading_ahead: Arc<AtomicBool>,
+    /// Sequential payload bytes so far, and whether the PNG is being warmed
+    /// ([`Reader::warm_png`]).
+    warm: Arc<WarmState>,
+}
+
+#[derive(Debug, Default)]
+struct WarmState {
+    sequential_bytes: AtomicU64,
+    /// Decided (once per reader, whether or not the file qualified).
+    started: AtomicBool,
+    /// The warming thread was started.
+    thread_started: AtomicBool,
 }
 
 /// What lies between the original bytes and the payload.
@@ -315,6 +346,7 @@ impl Reader {
             recent_ends: std::array::from_fn(|_| AtomicU64::new(u64::MAX)),
             next_end_slot: AtomicUsize::new(0),
             reading_ahead: Arc::new(AtomicBool::new(false)),
+            warm: Arc::default(),
         })
     }
 
@@ -699,8 +731,71 @@ impl Reader {
         }
         if sequential {
             self.read_ahead(tile_bytes, last);
+            let seen = self
+                .warm
+                .sequential_bytes
+                .fetch_add(buf.len() as u64, Ordering::Relaxed);
+            if seen + buf.len() as u64 >= WARM_AFTER_SEQUENTIAL
+                && !self.warm.started.swap(true, Ordering::AcqRel)
+            {
+                self.warm_png();
+            }
         }
         Ok(())
+    }
+
+    /// Whether this reader has started reading its whole PNG ahead ([`Self::warm_png`]).
+    pub fn warming(&self) -> bool {
+        self.warm.started.load(Ordering::Acquire)
+            && self.warm.thread_started.load(Ordering::Acquire)
+    }
+
+    /// A file read from end to end: its PNG is read from the disk front to back, in the
+    /// background (`POSIX_FADV_WILLNEED`, WARM_STEP at a time). The payload follows the Hilbert
+    /// curve, so reading the original bytes in order touches the PNG's rows all over the file,
+    /// a few hundred bytes of each at a time: cold, those are tens of thousands of small disk
+    /// reads (a `cp` of the OS image: 54,837 reads of 8 KB on average), where one pass over
+    /// the file is a few hundred large ones. Only for a PNG that fits four times into the
+    /// memory available (page cache, reclaimable: warming must not push out what it warms);
+    /// stops once every handle on the reader is gone.
+    fn warm_png(&self) {
+        let file = match &*self.backend {
+            Backend::Seekable { image, .. } => image.file(),
+            Backend::Plain(p) => &p.file,
+            _ => return,
+        };
+        let Ok(len) = file.metadata().map(|m| m.len()) else {
+            return;
+        };
+        if len < WARM_MIN_FILE || len.saturating_mul(4) > mem_available() {
+            return;
+        }
+        let Ok(file) = file.try_clone() else {
+            return;
+        };
+        let alive = Arc::downgrade(&self.backend);
+        let spawned = std::thread::Builder::new()
+            .name("pixelrts-warm".into())
+            .spawn(move || {
+                let mut at = 0;
+                while at < len && alive.strong_count() > 0 {
+                    let n = WARM_STEP.min(len - at);
+                    // SAFETY: a valid descriptor; advice only.
+                    unsafe {
+                        libc::posix_fadvise(
+                            std::os::fd::AsRawFd::as_raw_fd(&file),
+                            at as libc::off_t,
+                            n as libc::off_t,
+                            libc::POSIX_FADV_WILLNEED,
+                        );
+                    }
+                    at += n;
+                }
+            });
+        match spawned {
+            Ok(_) => self.warm.thread_started.store(true, Ordering::Release),
+            Err(e) => tracing::debug!("{}: no thread to warm the PNG: {e}", self.path.display()),
+        }
     }
 
     /// Read-ahead of a sequential read that ended in tile `last` of a seekable file: decodes
@@ -764,6 +859,7 @@ impl Reader {
             recent_ends: std::array::from_fn(|_| AtomicU64::new(u64::MAX)),
             next_end_slot: AtomicUsize::new(0),
             reading_ahead: self.reading_ahead.clone(),
+            warm: self.warm.clone(),
         }
     }
 
