@@ -309,21 +309,17 @@ fn parse_mode(s: &str) -> Result<Mode, String> {
     s.parse()
 }
 
-/// The subcommands' names (and `help`): what a first argument must not be for the mount.fuse3
-/// calling convention.
-fn subcommand_names() -> Vec<String> {
+/// Whether `name` is a subcommand (or `help`): what a first argument must not be for the
+/// mount.fuse3 calling convention.
+fn is_subcommand(name: &str) -> bool {
     use clap::CommandFactory;
-    Cli::command()
-        .get_subcommands()
-        .map(|c| c.get_name().to_string())
-        .chain(["help".to_string()])
-        .collect()
+    name == "help" || Cli::command().find_subcommand(name).is_some()
 }
 
 /// Runs the command line; returns the process exit status.
 pub fn run() -> i32 {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    if let Some(call) = mount_cmd::helper_call(&args, &subcommand_names()) {
+    if let Some(call) = mount_cmd::helper_call(&args, is_subcommand) {
         return match call {
             Ok(call) => {
                 init_logging(call.verbose);

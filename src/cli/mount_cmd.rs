@@ -82,13 +82,13 @@ pub struct HelperCall {
     pub verbose: u8,
 }
 
-/// Recognises the helper conventions; None for ordinary command lines. `subcommands` are the
-/// names `run` knows: a first argument that is none of these (nor an option) and is followed by
-/// a second positional argument means the `pixelrts SOURCE MOUNTPOINT -o OPTS` convention of
-/// mount.fuse3.
+/// Recognises the helper conventions; None for ordinary command lines. A first argument that
+/// is not an option nor a subcommand (`is_subcommand`, asked last: it builds the whole command
+/// line definition) and is followed by a second positional argument means the `pixelrts SOURCE
+/// MOUNTPOINT -o OPTS` convention of mount.fuse3.
 pub fn helper_call(
     args: &[OsString],
-    subcommands: &[String],
+    is_subcommand: impl Fn(&str) -> bool,
 ) -> Option<Result<HelperCall, String>> {
     let argv0 = args.first()?;
     let as_helper = Path::new(argv0)
@@ -101,9 +101,9 @@ pub fn helper_call(
         // SOURCE that looks like a path.
         let looks_like_path = first.contains('/') || Path::new(&args[1]).exists();
         if first.starts_with('-')
-            || subcommands.iter().any(|c| c == first)
             || !looks_like_path
             || second.to_string_lossy().starts_with('-')
+            || is_subcommand(first)
         {
             return None;
         }
@@ -440,7 +440,7 @@ mod tests {
     use super::*;
 
     fn call(args: &[OsString]) -> Option<Result<HelperCall, String>> {
-        helper_call(args, &super::super::subcommand_names())
+        helper_call(args, super::super::is_subcommand)
     }
 
     fn os(v: &[&str]) -> Vec<OsString> {

@@ -74,7 +74,7 @@ impl MountStats {
 
     /// The latency below which `fraction` of the reads finished, in microseconds (a bucket's
     /// upper bound); None before the first read.
-    fn percentile_us(&self, counts: &[u64; BUCKETS], fraction: f64) -> Option<u64> {
+    fn percentile_us(counts: &[u64; BUCKETS], fraction: f64) -> Option<u64> {
         let total: u64 = counts.iter().sum();
         if total == 0 {
             return None;
@@ -95,9 +95,9 @@ impl MountStats {
         let counts: [u64; BUCKETS] =
             std::array::from_fn(|i| self.read_latency[i].load(Ordering::Relaxed));
         let latency = json!({
-            "p50": self.percentile_us(&counts, 0.50),
-            "p90": self.percentile_us(&counts, 0.90),
-            "p99": self.percentile_us(&counts, 0.99),
+            "p50": Self::percentile_us(&counts, 0.50),
+            "p90": Self::percentile_us(&counts, 0.90),
+            "p99": Self::percentile_us(&counts, 0.99),
             "max": counts.iter().rposition(|&c| c > 0).map(|i| 1u64 << i),
         });
         let errors: serde_json::Map<String, Value> = self

@@ -746,8 +746,7 @@ impl Reader {
 
     /// Whether this reader has started reading its whole PNG ahead ([`Self::warm_png`]).
     pub fn warming(&self) -> bool {
-        self.warm.started.load(Ordering::Acquire)
-            && self.warm.thread_started.load(Ordering::Acquire)
+        self.warm.thread_started.load(Ordering::Acquire)
     }
 
     /// A file read from end to end: its PNG is read from the disk front to back, in the
