@@ -107,19 +107,9 @@ fn read_stats(mountpoint: &Path) -> anyhow::Result<Value> {
         .with_context(|| format!("{}: user.pixelrts.stats is not JSON", mountpoint.display()))
 }
 
+/// A byte count as the benchmarks label sizes (`305.2MiB`, `256MiB`).
 fn bytes(n: f64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{v:.0} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
+    pixelrts::bench::size_label(n.max(0.0) as u64)
 }
 
 fn micros(v: &Value) -> String {
