@@ -324,7 +324,16 @@ impl Filesystem for PixelFs {
                 match reader.read_at(offset, &mut buf[..want]) {
                     Ok(n) => {
                         reply.data(&buf[..n]);
-                        self.stats.read_done(n, started.elapsed());
+                        let took = started.elapsed();
+                        self.stats.read_done(n, took);
+                        // The request pattern (PIXELRTS_LOG=pixelrts=trace), for tuning.
+                        tracing::trace!(
+                            ino = ino.0,
+                            offset,
+                            size,
+                            us = took.as_micros() as u64,
+                            "read"
+                        );
                     }
                     // Never wrong bytes: any reader error is EIO (or its own errno), logged
                     // with the PNG's name.
