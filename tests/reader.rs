@@ -927,3 +927,34 @@ fn a_sequential_reader_warms_the_png_and_a_random_one_does_not() {
         "40 MiB read in order did not warm the PNG"
     );
 }
+
+/// Small reads all over a compressed file (a loop-mounted image walked by `tar`) warm its PNG
+/// once they have had to inflate 16 segments: cold, each costs a hundred scattered disk reads.
+/// Fewer do not.
+#[test]
+fn small_reads_missing_many_segments_warm_the_png() {
+    let dir = tempfile::tempdir().unwrap();
+    // Random nibbles: compressed to about half, so the PNG passes the 32 MiB minimum.
+    let data: Vec<u8> = {
+        let mut rng = Rng(11);
+        (0..72 << 20).map(|_| (rng.next() & 15) as u8).collect()
+    };
+    let png = encode_into(dir.path(), "nibbles", &data, &EncodeOptions::default());
+    assert!(fs::metadata(&png).unwrap().len() > 32 << 20);
+    let r = private_reader(&png).unwrap();
+    assert!(r.is_compressed());
+    let mut buf = vec![0u8; 4096];
+    let segment = 128 << 10;
+    // Every 5th segment, so that no read steps into the next one.
+    for k in 0..16 {
+        let at = k * 5 * segment + 777;
+        r.read_exact_at(at as u64, &mut buf).unwrap();
+        assert!(buf[..] == data[at..at + buf.len()]);
+        assert_eq!(
+            r.warming(),
+            k == 15,
+            "warming after {} segment misses",
+            k + 1
+        );
+    }
+}

@@ -70,10 +70,16 @@ const RECENT_ENDS: usize = 8;
 /// Payload bytes read sequentially after which the whole PNG is read from the disk in the
 /// background ([`Reader::warm_png`]): a `cp`, not a program's scattered small reads.
 const WARM_AFTER_SEQUENTIAL: u64 = 32 << 20;
+/// Segments inflated for small reads after which the whole PNG is read from the disk in the
+/// background: a loop-mounted image walked by `tar` or `find`, a database scanned, not a
+/// program's few lookups. Cold, each such segment costs a hundred small disk reads (its
+/// stream bytes lie on that many scanlines); one pass over the PNG costs as much as a few
+/// hundred of them.
+const WARM_AFTER_SEGMENT_MISSES: u64 = 16;
 /// PNGs smaller than this are not worth a thread.
 const WARM_MIN_FILE: u64 = 32 << 20;
 /// Bytes advised per step of the warming thread.
-const WARM_STEP: u64 = 8 << 20;
+const WARM_STEP: u64 = 4 << 20;
 
 /// `MemAvailable` of /proc/meminfo in bytes (0 when unknown: nothing is warmed).
 fn mem_available() -> u64 {
@@ -157,6 +163,8 @@ pub struct Reader {
 #[derive(Debug, Default)]
 struct WarmState {
     sequential_bytes: AtomicU64,
+    /// Segments small reads had to inflate.
+    segment_misses: AtomicU64,
     /// Decided (once per reader, whether or not the file qualified).
     started: AtomicBool,
     /// The warming thread was started.
@@ -441,6 +449,13 @@ impl Reader {
 
     /// Original bytes of a compressed payload through its segment index: the segments the
     /// range touches, each from the cache or inflated and checked (in parallel when several).
+    ///
+    /// A segment the range covers whole is inflated straight into `buf` and not cached: a
+    /// sequential reader (`cp`, `decode`, the kernel's read-ahead) never asks for it again, and
+    /// caching it cost a fresh buffer — zeroed and faulted in page by page — plus a copy per
+    /// segment: a quarter of the mount's CPU in a `cp` of compressible content. Segments the
+    /// range covers in part (small and random reads) are cached, and decoded once however
+    /// many threads want them.
     fn read_segments(
         &self,
         index: &crate::format::zindex::SegmentIndex,
@@ -450,19 +465,35 @@ impl Reader {
         let end = offset + buf.len() as u64;
         let first = index.segment_of(offset);
         let last = index.segment_of(end - 1);
-        // Several segments to inflate: their stream bytes are one range, fetched at once
-        // through whole tiles (one read per scanline for adjacent tiles, decoded in parallel,
-        // sequential read-ahead); a lone segment reads its bytes straight from the pieces.
-        let missing: Vec<u64> = (first..=last)
-            .filter(|&s| {
-                self.cache
-                    .peek(&self.tile_key(SEGMENT_KEY_BIT | s))
-                    .is_none()
-            })
-            .collect();
-        let mut fetched = None;
-        if let (Some(&m0), Some(&m1)) = (missing.first(), missing.last()) {
-            if m0 != m1 {
+        // Each segment's share of `buf`, and the segment when the cache holds it.
+        let mut parts = Vec::with_capacity((last - first + 1) as usize);
+        let mut rest = &mut *buf;
+        for s in first..=last {
+            let (x, y) = index.original_range(s);
+            let (a, b) = (offset.max(x), end.min(y));
+            let (share, tail) = std::mem::take(&mut rest).split_at_mut((b - a) as usize);
+            rest = tail;
+            let cached = self.cache.get(&self.tile_key(SEGMENT_KEY_BIT | s));
+            let whole = (a, b) == (x, y);
+            parts.push(SegmentPart {
+                s,
+                skip: (a - x) as usize,
+                whole,
+                cached,
+                share,
+            });
+        }
+        // Several segments to inflate: their stream bytes are one range, fetched at once —
+        // for a large read through whole tiles (one read per scanline for adjacent tiles,
+        // decoded in parallel, sequential read-ahead and warming), for a small one straddling
+        // a boundary straight from the raw pieces, as a lone segment's are (whole tiles would
+        // read and check up to 8 times the bytes it needs).
+        let mut missing = parts.iter().filter(|p| p.cached.is_none()).map(|p| p.s);
+        // The first and the last missing segment; `m1` is None when only one is missing.
+        let (m0, m1) = (missing.next(), missing.next_back());
+        let mut coded = ScratchBuffer::take();
+        let fetched = match (m0, m1) {
+            (Some(m0), Some(m1)) => {
                 let (a, _) = index.coded_range(m0);
                 let (_, z) = index.coded_range(m1);
                 if z > self.payload_len || a > z {
@@ -471,43 +502,67 @@ impl Reader {
                         format!("compressed segments {m0}..={m1} end past the payload"),
                     ));
                 }
-                let mut coded = vec![0u8; (z - a) as usize];
-                self.read_payload(a, &mut coded)?;
-                fetched = Some((a, coded));
+                // Every byte is written by the read before it is used.
+                coded.resize((z - a) as usize, 0);
+                let direct = end - offset <= u64::from(index.segment_size)
+                    && match &*self.backend {
+                        Backend::Seekable { image, .. } => image.read_raw_payload(a, &mut coded)?,
+                        _ => false,
+                    };
+                if !direct {
+                    self.read_payload(a, &mut coded)?;
+                }
+                Some((a, &coded[..]))
             }
-        }
-        let fetched = fetched.as_ref().map(|(a, c)| (*a, &c[..]));
-        let segments: Vec<Arc<[u8]>> = if first == last {
-            vec![self.segment(index, first, fetched)?]
-        } else {
-            (first..=last)
-                .into_par_iter()
-                .map(|s| self.segment(index, s, fetched))
-                .collect::<Result<_>>()?
+            _ => None,
         };
-        for (s, seg) in (first..=last).zip(&segments) {
-            let (x, _) = index.original_range(s);
-            let a = offset.max(x);
-            let b = end.min(x + seg.len() as u64);
-            buf[(a - offset) as usize..(b - offset) as usize]
-                .copy_from_slice(&seg[(a - x) as usize..(b - x) as usize]);
+        // A whole segment missing from the cache is inflated without claiming it: two
+        // threads reading the same whole segment at once (which the kernel's page cache
+        // makes rare) both inflate it.
+        let serve = |part: SegmentPart<'_>| -> Result<()> {
+            let seg = match part.cached {
+                Some(seg) => seg,
+                None if part.whole => {
+                    return self.inflate_segment(index, part.s, fetched, part.share)
+                }
+                None => {
+                    self.count_segment_miss();
+                    self.missing_segment(index, part.s, fetched)?
+                }
+            };
+            part.share
+                .copy_from_slice(&seg[part.skip..part.skip + part.share.len()]);
+            Ok(())
+        };
+        if parts.len() == 1 {
+            parts.into_iter().try_for_each(serve)?;
+        } else {
+            parts.into_par_iter().try_for_each(serve)?;
         }
+        coded.give_back();
         Ok(())
     }
 
-    /// Segment `s`, decoded once: a thread that finds another decoding it waits (except on a
-    /// rayon worker, which decodes it again rather than block; see `tiles`). `fetched` is stream
-    /// bytes already read, `(payload offset, bytes)`, used when they cover the segment.
-    fn segment(
+    /// A small read found a segment missing from the cache: after enough of them, the PNG is
+    /// warmed ([`WARM_AFTER_SEGMENT_MISSES`]).
+    fn count_segment_miss(&self) {
+        let seen = self.warm.segment_misses.fetch_add(1, Ordering::Relaxed) + 1;
+        if seen >= WARM_AFTER_SEGMENT_MISSES && !self.warm.started.swap(true, Ordering::AcqRel) {
+            self.warm_png();
+        }
+    }
+
+    /// Segment `s`, which the cache did not hold, decoded once: a thread that finds another
+    /// decoding it waits (except on a rayon worker, which decodes it again rather than block;
+    /// see `tiles`). `fetched` is stream bytes already read, `(payload offset, bytes)`, used
+    /// when they cover the segment.
+    fn missing_segment(
         &self,
         index: &crate::format::zindex::SegmentIndex,
         s: u64,
         fetched: Option<(u64, &[u8])>,
     ) -> Result<Arc<[u8]>> {
         let key = self.tile_key(SEGMENT_KEY_BIT | s);
-        if let Some(seg) = self.cache.get(&key) {
-            return Ok(seg);
-        }
         let _claim = loop {
             match self.cache.claim(key) {
                 Some(claim) => break Some(claim),
@@ -520,20 +575,42 @@ impl Reader {
                 }
             }
         };
+        // Inserted by another thread since this one looked?
+        if let Some(seg) = self.cache.peek(&key) {
+            return Ok(seg);
+        }
+        let (x, y) = index.original_range(s);
+        let mut out = self.cache.buffer((y - x) as usize);
+        let buf = Arc::get_mut(&mut out).expect("a fresh cache buffer is not shared");
+        self.inflate_segment(index, s, fetched, buf)?;
+        self.cache.insert(key, out.clone());
+        Ok(out)
+    }
+
+    /// Inflates segment `s` into `out` (exactly its size) and checks its CRC-32. Its stream
+    /// bytes come from `fetched` when that covers them, else are read here.
+    fn inflate_segment(
+        &self,
+        index: &crate::format::zindex::SegmentIndex,
+        s: u64,
+        fetched: Option<(u64, &[u8])>,
+        out: &mut [u8],
+    ) -> Result<()> {
         let (a, z) = index.coded_range(s);
         let (x, y) = index.original_range(s);
-        if z > self.payload_len {
+        if z > self.payload_len || a > z {
             return Err(Error::corrupt(
                 &self.path,
                 format!("compressed segment {s} ends past the payload"),
             ));
         }
-        let mut own = Vec::new();
+        let mut own = ScratchBuffer::take();
         let coded: &[u8] = match fetched {
             Some((base, bytes)) if base <= a && z <= base + bytes.len() as u64 => {
                 &bytes[(a - base) as usize..(z - base) as usize]
             }
             _ => {
+                // Every byte is written by the read below before it is used.
                 own.resize((z - a) as usize, 0);
                 // A segment is checked by its own CRC-32 below, so its stream bytes may come
                 // straight from raw pieces, without decoding (and CRC-checking) the whole
@@ -548,23 +625,21 @@ impl Reader {
                 &own
             }
         };
-        let mut out = self.cache.buffer((y - x) as usize);
-        let buf = Arc::get_mut(&mut out).expect("a fresh cache buffer is not shared");
-        crate::format::segment::inflate_segment(coded, buf).map_err(|e| {
+        crate::format::segment::inflate_segment(coded, out).map_err(|e| {
             Error::corrupt(
                 &self.path,
                 format!("compressed segment {s} (bytes {x}..{y}): {e}"),
             )
         })?;
-        if crc32fast::hash(buf) != index.crcs[s as usize] {
+        own.give_back();
+        if crc32fast::hash(out) != index.crcs[s as usize] {
             return Err(Error::corrupt(
                 &self.path,
                 format!("compressed segment {s} (bytes {x}..{y}) fails its CRC-32"),
             ));
         }
         self.cache.add_inflated(y - x);
-        self.cache.insert(key, out.clone());
-        Ok(out)
+        Ok(())
     }
 
     /// Original bytes of a compressed payload without an index, from its one-time decode.
@@ -776,19 +851,32 @@ impl Reader {
         let spawned = std::thread::Builder::new()
             .name("pixelrts-warm".into())
             .spawn(move || {
-                let mut at = 0;
-                while at < len && alive.strong_count() > 0 {
-                    let n = WARM_STEP.min(len - at);
+                use std::os::fd::AsRawFd;
+                let advise = |at: u64| {
                     // SAFETY: a valid descriptor; advice only.
                     unsafe {
                         libc::posix_fadvise(
-                            std::os::fd::AsRawFd::as_raw_fd(&file),
+                            file.as_raw_fd(),
                             at as libc::off_t,
-                            n as libc::off_t,
+                            WARM_STEP.min(len - at) as libc::off_t,
                             libc::POSIX_FADV_WILLNEED,
                         );
                     }
-                    at += n;
+                };
+                // Two steps in flight at most: the reads of the step before are waited for
+                // (by reading its last byte) before another is started. Advising the whole
+                // file at once queued hundreds of megabytes at the device, and a reader's
+                // own small reads waited behind them (one `tar` read: 306 ms).
+                let mut at = 0;
+                advise(at);
+                while at < len && alive.strong_count() > 0 {
+                    let next = at + WARM_STEP;
+                    if next < len {
+                        advise(next);
+                    }
+                    let mut last = [0u8; 1];
+                    let _ = file.read_at(&mut last, next.min(len) - 1);
+                    at = next;
                 }
             });
         match spawned {
@@ -1153,6 +1241,57 @@ impl std::io::Write for BlockCrcWriter<'_> {
             self.block.clear();
         }
         Ok(())
+    }
+}
+
+/// One segment's share of a read: `share` is `buf`'s bytes from the segment's byte `skip` on.
+struct SegmentPart<'a> {
+    s: u64,
+    skip: usize,
+    /// The read covers the whole segment.
+    whole: bool,
+    cached: Option<Arc<[u8]>>,
+    share: &'a mut [u8],
+}
+
+/// A byte buffer kept by its thread between reads, so that stream bytes fetched for a read
+/// land in memory already faulted in rather than in a fresh, zeroed allocation each time.
+/// Taken out of the thread's slot for the length of its use, so a nested use on the same
+/// thread (rayon runs stolen jobs on a blocked worker's stack) gets a buffer of its own.
+struct ScratchBuffer(Vec<u8>);
+
+/// Largest scratch capacity a thread keeps: the stream bytes of a mount's largest read (1 MiB
+/// of original bytes); a `decode`'s 16 MiB reads allocate theirs.
+const MAX_KEPT_SCRATCH: usize = 2 << 20;
+
+thread_local! {
+    static SCRATCH: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+impl ScratchBuffer {
+    fn take() -> Self {
+        ScratchBuffer(SCRATCH.with(|slot| slot.take()))
+    }
+
+    /// Keeps the buffer for the thread's next read (dropped instead when it grew too big).
+    fn give_back(mut self) {
+        if self.0.capacity() <= MAX_KEPT_SCRATCH {
+            self.0.clear();
+            SCRATCH.with(|slot| slot.set(std::mem::take(&mut self.0)));
+        }
+    }
+}
+
+impl std::ops::Deref for ScratchBuffer {
+    type Target = Vec<u8>;
+    fn deref(&self) -> &Vec<u8> {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for ScratchBuffer {
+    fn deref_mut(&mut self) -> &mut Vec<u8> {
+        &mut self.0
     }
 }
 
