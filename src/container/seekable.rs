@@ -45,9 +45,10 @@ pub struct TileScratch {
     with_filter: Vec<u8>,
     /// Bytes of one row-major tile.
     tile_len: usize,
-    pub(crate) run_pixels: Vec<u8>,
     /// One piece read on its own.
     piece: Vec<u8>,
+    /// One scanline's pieces of a run of tiles, read together.
+    run_reads: Vec<u8>,
 }
 
 impl TileScratch {
@@ -56,8 +57,8 @@ impl TileScratch {
             inflater: Decompress::new(false),
             with_filter: vec![0u8; 4 * image.tables.tile_side() as usize + 1],
             tile_len: 4 * image.tables.tile_pixels() as usize,
-            run_pixels: Vec::new(),
             piece: Vec::new(),
+            run_reads: Vec::new(),
         }
     }
 }
@@ -560,21 +561,23 @@ impl SeekableImage {
         tiles: &[u64],
         outputs: &mut [&mut [u8]],
         scratch: &mut TileScratch,
-        run_buf: &mut Vec<u8>,
+        pixels: &mut Vec<u8>,
     ) -> Result<()> {
         let spans = self.run_spans(stripe, first_column, tiles)?;
         let tile_len = scratch.tile_len;
-        let mut pixels = std::mem::take(&mut scratch.run_pixels);
+        // Every byte is inflated into below before it is used: only growth is zeroed.
         pixels.resize(tile_len * tiles.len(), 0);
+        let mut run_reads = std::mem::take(&mut scratch.run_reads);
         let inflated = self.inflate_run(
             stripe,
             first_column,
             tiles,
             scratch,
-            run_buf,
+            &mut run_reads,
             &spans,
-            &mut pixels,
+            pixels,
         );
+        scratch.run_reads = run_reads;
         // Each tile checked and gathered while it is still in the CPU's cache.
         let result = inflated.and_then(|()| {
             for (k, (&j, out)) in tiles.iter().zip(outputs.iter_mut()).enumerate() {
@@ -585,7 +588,6 @@ impl SeekableImage {
             }
             Ok(())
         });
-        scratch.run_pixels = pixels;
         result
     }
 

@@ -556,14 +556,14 @@ fn decode_batch(
         .collect();
     runs.into_par_iter().try_for_each_init(
         || (TileScratch::new(image), Vec::new()),
-        |(scratch, run_buf), (run, mut outs)| {
+        |(scratch, pixels), (run, mut outs)| {
             image.decode_run(
                 run.stripe,
                 run.first_column,
                 &run.tiles,
                 &mut outs,
                 scratch,
-                run_buf,
+                pixels,
             )
         },
     )

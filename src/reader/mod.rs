@@ -19,9 +19,10 @@
 //!
 //! Files whose pixels hold a **compressed** payload are read in two layers. With this
 //! project's segment index (`rtZX`), a byte range maps to segments; each segment's stream bytes
-//! are read from the payload as above (tiles, verified), inflated on their own into a buffer of
-//! exactly the segment's size (so no zlib bomb can grow it), checked against the segment's
-//! CRC-32 and cached. Compressed files without a segment index (the reference's: one zlib
+//! are read from the payload (straight from the raw pieces for small reads, through verified
+//! tiles for large ones), inflated on their own into a buffer of exactly the segment's size (so
+//! no zlib bomb can grow it) and checked against the segment's CRC-32; a segment the read
+//! covers in part is cached, one it covers whole goes straight into the caller's buffer. Compressed files without a segment index (the reference's: one zlib
 //! stream or a zstd frame) are decoded once, verified against `data_hash`, into an unlinked
 //! file in the checkpoint directory, with a CRC-32 per 64 KiB block kept in memory, and served
 //! from there.
@@ -54,8 +55,6 @@ use checkpoint::{CheckpointError, CheckpointIndex};
 const MAX_BAND_BYTES: u64 = 16 << 20;
 /// Tiles fetched per batch of a large read (bounds the memory a huge read holds).
 const BATCH_TILES: usize = 64;
-/// Capacity of a decode scratch's pixel buffer kept between reads (4 tiles of 256 KiB).
-const MAX_KEPT_RUN_BYTES: usize = 1 << 20;
 /// Sequential readahead of seekable files, in tiles: a read that starts where the previous
 /// one ended also decodes the rest of the aligned block of this many tiles. Hilbert order
 /// visits aligned 8x8 blocks of tiles one after another, so the block is 8 runs of 8 adjacent
@@ -491,7 +490,7 @@ impl Reader {
         let mut missing = parts.iter().filter(|p| p.cached.is_none()).map(|p| p.s);
         // The first and the last missing segment; `m1` is None when only one is missing.
         let (m0, m1) = (missing.next(), missing.next_back());
-        let mut coded = ScratchBuffer::take();
+        let mut coded = None;
         let fetched = match (m0, m1) {
             (Some(m0), Some(m1)) => {
                 let (a, _) = index.coded_range(m0);
@@ -502,15 +501,16 @@ impl Reader {
                         format!("compressed segments {m0}..={m1} end past the payload"),
                     ));
                 }
+                let coded = coded.insert(ScratchBuffer::take(&CODED_BYTES));
                 // Every byte is written by the read before it is used.
                 coded.resize((z - a) as usize, 0);
                 let direct = end - offset <= u64::from(index.segment_size)
                     && match &*self.backend {
-                        Backend::Seekable { image, .. } => image.read_raw_payload(a, &mut coded)?,
+                        Backend::Seekable { image, .. } => image.read_raw_payload(a, coded)?,
                         _ => false,
                     };
                 if !direct {
-                    self.read_payload(a, &mut coded)?;
+                    self.read_payload(a, coded)?;
                 }
                 Some((a, &coded[..]))
             }
@@ -539,7 +539,9 @@ impl Reader {
         } else {
             parts.into_par_iter().try_for_each(serve)?;
         }
-        coded.give_back();
+        if let Some(coded) = coded {
+            coded.give_back();
+        }
         Ok(())
     }
 
@@ -604,7 +606,7 @@ impl Reader {
                 format!("compressed segment {s} ends past the payload"),
             ));
         }
-        let mut own = ScratchBuffer::take();
+        let mut own = ScratchBuffer::take(&CODED_BYTES);
         let coded: &[u8] = match fetched {
             Some((base, bytes)) if base <= a && z <= base + bytes.len() as u64 => {
                 &bytes[(a - base) as usize..(z - base) as usize]
@@ -1114,6 +1116,7 @@ impl Reader {
             .map(|&j| self.cache.buffer(self.tile_len(tile_bytes, j)))
             .collect();
         let outputs: Option<Vec<&mut [u8]>> = payloads.iter_mut().map(Arc::get_mut).collect();
+        let mut pixels = ScratchBuffer::take(&RUN_PIXELS);
         let result = if let Some(mut outputs) = outputs {
             let place = image.tables.place_of(tiles[0]);
             image.decode_run(
@@ -1122,7 +1125,7 @@ impl Reader {
                 &tiles,
                 &mut outputs,
                 &mut scratch,
-                &mut Vec::new(),
+                &mut pixels,
             )
         } else {
             // `TileCache::buffer` only hands out unique buffers.
@@ -1131,11 +1134,7 @@ impl Reader {
                 std::io::Error::other("tile buffer is shared"),
             ))
         };
-        // A long run grew the pixel buffer: keep what a typical read needs, not the most any
-        // read needed (idle readers keep their scratch).
-        if scratch.run_pixels.capacity() > MAX_KEPT_RUN_BYTES {
-            scratch.run_pixels = Vec::new();
-        }
+        pixels.give_back();
         pool.lock().unwrap_or_else(|p| p.into_inner()).push(scratch);
         result?;
         self.cache.add_inflated(tile_bytes * tiles.len() as u64);
@@ -1254,30 +1253,44 @@ struct SegmentPart<'a> {
     share: &'a mut [u8],
 }
 
-/// A byte buffer kept by its thread between reads, so that stream bytes fetched for a read
-/// land in memory already faulted in rather than in a fresh, zeroed allocation each time.
-/// Taken out of the thread's slot for the length of its use, so a nested use on the same
-/// thread (rayon runs stolen jobs on a blocked worker's stack) gets a buffer of its own.
-struct ScratchBuffer(Vec<u8>);
+/// A byte buffer kept by its thread between reads, so that a read's working bytes land in
+/// memory already faulted in rather than in a fresh, zeroed allocation each time (a run of 8
+/// tiles' pixels is 2 MiB: allocated per run, it came from `mmap` and cost a random-data `cp`
+/// through the mount a fifth of its CPU in page faults and zeroing). Per thread, not per
+/// reader: the mount keeps idle readers, but has few threads. Taken out of its slot for the
+/// length of its use, so a nested use on the same thread (rayon runs stolen jobs on a blocked
+/// worker's stack) gets a buffer of its own. Its length is kept: callers `resize` it and write
+/// every byte they use, so only growth is zeroed.
+struct ScratchBuffer {
+    bytes: Vec<u8>,
+    slot: &'static std::thread::LocalKey<std::cell::Cell<Vec<u8>>>,
+}
 
-/// Largest scratch capacity a thread keeps: the stream bytes of a mount's largest read (1 MiB
-/// of original bytes); a `decode`'s 16 MiB reads allocate theirs.
+/// Largest scratch capacity a thread keeps per slot: the stream bytes of a mount's largest
+/// read (1 MiB of original bytes), a run of 8 tiles' pixels; a `decode`'s 16 MiB reads
+/// allocate theirs.
 const MAX_KEPT_SCRATCH: usize = 2 << 20;
 
 thread_local! {
-    static SCRATCH: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+    /// Stream bytes of the segments a read inflates.
+    static CODED_BYTES: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+    /// Row-major pixels of a run of adjacent tiles being decoded.
+    static RUN_PIXELS: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 impl ScratchBuffer {
-    fn take() -> Self {
-        ScratchBuffer(SCRATCH.with(|slot| slot.take()))
+    fn take(slot: &'static std::thread::LocalKey<std::cell::Cell<Vec<u8>>>) -> Self {
+        ScratchBuffer {
+            bytes: slot.with(|s| s.take()),
+            slot,
+        }
     }
 
-    /// Keeps the buffer for the thread's next read (dropped instead when it grew too big).
+    /// Keeps the buffer for the thread's next use (dropped instead when it grew too big).
     fn give_back(mut self) {
-        if self.0.capacity() <= MAX_KEPT_SCRATCH {
-            self.0.clear();
-            SCRATCH.with(|slot| slot.set(std::mem::take(&mut self.0)));
+        if self.bytes.capacity() <= MAX_KEPT_SCRATCH {
+            let bytes = std::mem::take(&mut self.bytes);
+            self.slot.with(|s| s.set(bytes));
         }
     }
 }
@@ -1285,13 +1298,13 @@ impl ScratchBuffer {
 impl std::ops::Deref for ScratchBuffer {
     type Target = Vec<u8>;
     fn deref(&self) -> &Vec<u8> {
-        &self.0
+        &self.bytes
     }
 }
 
 impl std::ops::DerefMut for ScratchBuffer {
     fn deref_mut(&mut self) -> &mut Vec<u8> {
-        &mut self.0
+        &mut self.bytes
     }
 }
 
@@ -1318,6 +1331,33 @@ mod tests {
         let missing = [0usize, 2];
         let runs = adjacent_runs(&tables, &js, &missing);
         assert_eq!(runs.iter().map(Vec::len).sum::<usize>(), 2);
+    }
+
+    #[test]
+    fn scratch_buffers_are_kept_per_thread_and_a_nested_use_gets_its_own() {
+        let mut outer = ScratchBuffer::take(&RUN_PIXELS);
+        outer.resize(1000, 7);
+        let kept = outer.as_ptr();
+        let inner = ScratchBuffer::take(&RUN_PIXELS);
+        assert_eq!(inner.capacity(), 0, "a nested use got the outer buffer");
+        inner.give_back();
+        outer.give_back();
+        let again = ScratchBuffer::take(&RUN_PIXELS);
+        assert_eq!(again.as_ptr(), kept, "the buffer was not kept");
+        assert_eq!(again.len(), 1000, "its length was not kept");
+        assert_eq!(
+            ScratchBuffer::take(&CODED_BYTES).capacity(),
+            0,
+            "slots are apart"
+        );
+        let mut grown = again;
+        grown.resize(MAX_KEPT_SCRATCH + 1, 0);
+        grown.give_back();
+        assert_eq!(
+            ScratchBuffer::take(&RUN_PIXELS).capacity(),
+            0,
+            "a buffer past the cap was kept"
+        );
     }
 
     #[test]
