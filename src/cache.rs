@@ -226,6 +226,24 @@ impl TileCache {
         }
     }
 
+    /// Drops a tile its reader has used up: a sequential reader went past its end, and the
+    /// kernel's page cache holds those bytes now. Its buffer becomes a spare for the next
+    /// decode when nobody else holds it. A large `cp` so recycles a few buffers instead of
+    /// filling the cache with tiles nobody reads again, which pushed out other files' tiles
+    /// and faulted in fresh memory for each.
+    pub fn release(&self, key: &TileKey) {
+        let spare_cap = MAX_SPARE_BYTES.min(self.budget / 16);
+        let mut inner = self.lock();
+        if let Some(tile) = inner.lru.pop(key) {
+            let len = tile.len() as u64;
+            inner.bytes -= len;
+            if Arc::strong_count(&tile) == 1 && inner.spare_bytes + len <= spare_cap {
+                inner.spare_bytes += len;
+                inner.spare.push(tile);
+            }
+        }
+    }
+
     /// A buffer of `len` bytes to decode a tile into before [`insert`](Self::insert)ing it:
     /// an evicted tile's memory when one of that size is spare (its old contents remain:
     /// the caller overwrites every byte), otherwise a new zeroed one.
@@ -379,6 +397,26 @@ mod tests {
         assert_ne!(fresh.as_ptr(), held.as_ptr());
         assert_eq!(cache.stats().evictions, 2);
         assert_eq!(*held, [1u8; 1024][..]);
+    }
+
+    #[test]
+    fn a_released_tile_leaves_the_cache_and_its_buffer_is_the_next_one() {
+        let cache = TileCache::new(1 << 20);
+        let mut b = cache.buffer(1024);
+        Arc::get_mut(&mut b).unwrap().fill(9);
+        let ptr = b.as_ptr();
+        cache.insert(key(0), b);
+        cache.release(&key(0));
+        assert!(cache.peek(&key(0)).is_none());
+        assert_eq!(cache.stats().bytes_cached, 0);
+        assert_eq!(cache.buffer(1024).as_ptr(), ptr, "the released buffer");
+        // Held elsewhere: dropped from the cache, not reused.
+        let b = cache.buffer(1024);
+        cache.insert(key(1), b);
+        let held = cache.peek(&key(1)).unwrap();
+        cache.release(&key(1));
+        assert!(cache.peek(&key(1)).is_none());
+        assert_ne!(cache.buffer(1024).as_ptr(), held.as_ptr());
     }
 
     #[test]

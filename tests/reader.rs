@@ -685,13 +685,13 @@ fn sequential_reads_read_ahead_the_aligned_block_and_random_reads_do_not() {
     // Not sequential (first read): only tile 0 is decoded.
     r.read_at(0, &mut buf).unwrap();
     assert_eq!(cache.stats().entries, 1);
-    // Starts where the last read ended: tile 1, then the rest of the 64-tile block ahead, and
-    // the next block in the background.
+    // Starts where the last read ended: tile 1 (released once read to its end), then the rest
+    // of the 64-tile block ahead, and the next block in the background.
     r.read_at(tb as u64, &mut buf).unwrap();
     assert_eq!(buf[..], case.data[tb..2 * tb]);
-    assert!(cache.stats().entries >= 64);
+    assert!(cache.stats().entries >= 63);
     let t = std::time::Instant::now();
-    while cache.stats().entries < 128 {
+    while cache.stats().entries < 127 {
         assert!(
             t.elapsed().as_secs() < 10,
             "the next block was not read ahead"
@@ -699,8 +699,8 @@ fn sequential_reads_read_ahead_the_aligned_block_and_random_reads_do_not() {
         std::thread::sleep(std::time::Duration::from_millis(5));
     }
     std::thread::sleep(std::time::Duration::from_millis(50));
-    assert_eq!(cache.stats().entries, 128, "two blocks, nothing more");
-    // The block's tiles were decoded right: read them all back (cache hits).
+    assert_eq!(cache.stats().entries, 127, "two blocks, nothing more");
+    // The block's tiles were decoded right: read them all back (cache hits; tile 1 again).
     let mut all = vec![0u8; 128 * tb];
     r.read_at(0, &mut all).unwrap();
     assert_eq!(all[..], case.data[..128 * tb]);
@@ -755,7 +755,8 @@ fn no_read_ahead_into_a_cache_too_small_to_keep_it() {
     r.read_at(tb as u64, &mut buf).unwrap();
     assert_eq!(buf[..], case.data[tb..2 * tb]);
     std::thread::sleep(std::time::Duration::from_millis(50));
-    assert_eq!(cache.stats().entries, 2, "read only what was asked");
+    // Tile 0, and not tile 1: read to its end in order, it was released.
+    assert_eq!(cache.stats().entries, 1, "read only what was asked");
 }
 
 /// Regression: a background read-ahead job on a rayon worker waited for a tile that a mount
@@ -956,5 +957,42 @@ fn small_reads_missing_many_segments_warm_the_png() {
             "warming after {} segment misses",
             k + 1
         );
+    }
+}
+
+/// A sequential reader releases the tiles it has read to their end (from its second read on):
+/// a large `cp` recycles a few buffers instead of filling the cache (a `cp` of 1 GiB through the mount: peak RSS
+/// 292 MB before, 60 MB after). Tiles a random reader decoded stay cached.
+#[test]
+fn a_sequential_reader_leaves_no_tiles_behind_and_a_random_one_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let data: Vec<u8> = {
+        let mut rng = Rng(5);
+        (0..24 << 20).map(|_| rng.next() as u8).collect()
+    };
+    let png = encode_into(dir.path(), "seq", &data, &EncodeOptions::default());
+    let r = private_reader(&png).unwrap();
+    let tile = r.tile_bytes() as usize;
+    let key = |j: usize| pixelrts::cache::TileKey {
+        file: r.file_key(),
+        tile: j as u64,
+    };
+    let mut buf = vec![0u8; 1 << 20];
+    for at in (0..16 << 20).step_by(buf.len()) {
+        r.read_exact_at(at as u64, &mut buf).unwrap();
+        assert!(buf[..] == data[at..at + buf.len()]);
+    }
+    // The first read is not known to be sequential yet: its tiles stay.
+    assert!(r.cache().peek(&key(0)).is_some());
+    for j in (1 << 20) / tile..(16 << 20) / tile {
+        assert!(r.cache().peek(&key(j)).is_none(), "tile {j} was kept");
+    }
+    // Random: 3 tiles apart, never where a read ended.
+    let mut small = vec![0u8; 4096];
+    for j in [80usize, 77, 90] {
+        let at = j * tile + 1000;
+        r.read_exact_at(at as u64, &mut small).unwrap();
+        assert!(small[..] == data[at..at + small.len()]);
+        assert!(r.cache().peek(&key(j)).is_some(), "tile {j} was not kept");
     }
 }

@@ -805,6 +805,15 @@ impl Reader {
                 buf[(a - offset) as usize..(b - offset) as usize]
                     .copy_from_slice(&tile[(a - t0) as usize..(b - t0) as usize]);
             }
+            drop(tiles);
+            // A sequential reader is done with the tiles whose end it has read.
+            if sequential {
+                for &j in batch {
+                    if (j + 1) * tile_bytes <= end {
+                        self.cache.release(&self.tile_key(j));
+                    }
+                }
+            }
         }
         if sequential {
             self.read_ahead(tile_bytes, last);
