@@ -1262,44 +1262,59 @@ struct SegmentPart<'a> {
     share: &'a mut [u8],
 }
 
-/// A byte buffer kept by its thread between reads, so that a read's working bytes land in
-/// memory already faulted in rather than in a fresh, zeroed allocation each time (a run of 8
-/// tiles' pixels is 2 MiB: allocated per run, it came from `mmap` and cost a random-data `cp`
-/// through the mount a fifth of its CPU in page faults and zeroing). Per thread, not per
-/// reader: the mount keeps idle readers, but has few threads. Taken out of its slot for the
-/// length of its use, so a nested use on the same thread (rayon runs stolen jobs on a blocked
-/// worker's stack) gets a buffer of its own. Its length is kept: callers `resize` it and write
-/// every byte they use, so only growth is zeroed.
+/// A byte buffer kept between reads, so that a read's working bytes land in memory already
+/// faulted in rather than in a fresh, zeroed allocation each time (a run of 8 tiles' pixels is
+/// 2 MiB: allocated per run, it came from `mmap` and cost a random-data `cp` through the mount
+/// a fifth of its CPU in page faults and zeroing). Kept in a small pool per kind, shared by all
+/// threads and readers: the mount has a dozen threads and keeps idle readers, and what they
+/// keep counts against its memory bound (cache size + 64 MiB, which the soak's peak comes
+/// within a few MiB of; a buffer per thread went over it). Its length is kept: callers
+/// `resize` it and write every byte they use, so only growth is zeroed.
 struct ScratchBuffer {
     bytes: Vec<u8>,
-    slot: &'static std::thread::LocalKey<std::cell::Cell<Vec<u8>>>,
+    pool: &'static ScratchPool,
 }
 
-/// Largest scratch capacity a thread keeps per slot: the stream bytes of a mount's largest
-/// read (1 MiB of original bytes), a run of 8 tiles' pixels; a `decode`'s 16 MiB reads
-/// allocate theirs.
-const MAX_KEPT_SCRATCH: usize = 2 << 20;
-
-thread_local! {
-    /// Stream bytes of the segments a read inflates.
-    static CODED_BYTES: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
-    /// Row-major pixels of a run of adjacent tiles being decoded.
-    static RUN_PIXELS: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+/// The buffers of one kind kept for reuse: at most `count`, each at most `keep` bytes.
+struct ScratchPool {
+    kept: Mutex<Vec<Vec<u8>>>,
+    keep: usize,
+    count: usize,
 }
+
+/// Stream bytes of the segments a read inflates: a mount's 1 MiB read of compressible content
+/// needs well under 1 MiB; a `decode`'s 16 MiB reads allocate theirs.
+static CODED_BYTES: ScratchPool = ScratchPool {
+    kept: Mutex::new(Vec::new()),
+    keep: 1 << 20,
+    count: 2,
+};
+/// Row-major pixels of a run of adjacent tiles being decoded: 2 MiB for a run of 8.
+static RUN_PIXELS: ScratchPool = ScratchPool {
+    kept: Mutex::new(Vec::new()),
+    keep: 2 << 20,
+    count: 2,
+};
 
 impl ScratchBuffer {
-    fn take(slot: &'static std::thread::LocalKey<std::cell::Cell<Vec<u8>>>) -> Self {
-        ScratchBuffer {
-            bytes: slot.with(|s| s.take()),
-            slot,
-        }
+    fn take(pool: &'static ScratchPool) -> Self {
+        let bytes = pool
+            .kept
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop()
+            .unwrap_or_default();
+        ScratchBuffer { bytes, pool }
     }
 
-    /// Keeps the buffer for the thread's next use (dropped instead when it grew too big).
+    /// Keeps the buffer for a later use (dropped instead when it grew too big or enough are
+    /// kept).
     fn give_back(mut self) {
-        if self.bytes.capacity() <= MAX_KEPT_SCRATCH {
-            let bytes = std::mem::take(&mut self.bytes);
-            self.slot.with(|s| s.set(bytes));
+        if self.bytes.capacity() <= self.pool.keep {
+            let mut kept = self.pool.kept.lock().unwrap_or_else(|p| p.into_inner());
+            if kept.len() < self.pool.count {
+                kept.push(std::mem::take(&mut self.bytes));
+            }
         }
     }
 }
@@ -1343,30 +1358,33 @@ mod tests {
     }
 
     #[test]
-    fn scratch_buffers_are_kept_per_thread_and_a_nested_use_gets_its_own() {
-        let mut outer = ScratchBuffer::take(&RUN_PIXELS);
+    fn scratch_buffers_are_kept_and_a_nested_use_gets_its_own() {
+        static POOL: ScratchPool = ScratchPool {
+            kept: Mutex::new(Vec::new()),
+            keep: 4096,
+            count: 2,
+        };
+        let mut outer = ScratchBuffer::take(&POOL);
         outer.resize(1000, 7);
         let kept = outer.as_ptr();
-        let inner = ScratchBuffer::take(&RUN_PIXELS);
+        let inner = ScratchBuffer::take(&POOL);
         assert_eq!(inner.capacity(), 0, "a nested use got the outer buffer");
-        inner.give_back();
         outer.give_back();
-        let again = ScratchBuffer::take(&RUN_PIXELS);
+        let again = ScratchBuffer::take(&POOL);
         assert_eq!(again.as_ptr(), kept, "the buffer was not kept");
         assert_eq!(again.len(), 1000, "its length was not kept");
-        assert_eq!(
-            ScratchBuffer::take(&CODED_BYTES).capacity(),
-            0,
-            "slots are apart"
-        );
         let mut grown = again;
-        grown.resize(MAX_KEPT_SCRATCH + 1, 0);
+        grown.resize(POOL.keep + 1, 0);
         grown.give_back();
         assert_eq!(
-            ScratchBuffer::take(&RUN_PIXELS).capacity(),
+            POOL.kept.lock().unwrap().len(),
             0,
             "a buffer past the cap was kept"
         );
+        inner.give_back();
+        let held: Vec<ScratchBuffer> = (0..3).map(|_| ScratchBuffer::take(&POOL)).collect();
+        held.into_iter().for_each(ScratchBuffer::give_back);
+        assert_eq!(POOL.kept.lock().unwrap().len(), 2, "more than `count` kept");
     }
 
     #[test]
