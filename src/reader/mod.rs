@@ -490,7 +490,7 @@ impl Reader {
         let mut missing = parts.iter().filter(|p| p.cached.is_none()).map(|p| p.s);
         // The first and the last missing segment; `m1` is None when only one is missing.
         let (m0, m1) = (missing.next(), missing.next_back());
-        let mut coded = None;
+        let mut coded: Option<Vec<u8>> = None;
         let fetched = match (m0, m1) {
             (Some(m0), Some(m1)) => {
                 let (a, _) = index.coded_range(m0);
@@ -501,7 +501,7 @@ impl Reader {
                         format!("compressed segments {m0}..={m1} end past the payload"),
                     ));
                 }
-                let coded = coded.insert(ScratchBuffer::take(&CODED_BYTES));
+                let coded = coded.insert(Vec::new());
                 // Every byte is written by the read before it is used.
                 coded.resize((z - a) as usize, 0);
                 let direct = end - offset <= u64::from(index.segment_size)
@@ -538,9 +538,6 @@ impl Reader {
             parts.into_iter().try_for_each(serve)?;
         } else {
             parts.into_par_iter().try_for_each(serve)?;
-        }
-        if let Some(coded) = coded {
-            coded.give_back();
         }
         Ok(())
     }
@@ -606,7 +603,7 @@ impl Reader {
                 format!("compressed segment {s} ends past the payload"),
             ));
         }
-        let mut own = ScratchBuffer::take(&CODED_BYTES);
+        let mut own = Vec::new();
         let coded: &[u8] = match fetched {
             Some((base, bytes)) if base <= a && z <= base + bytes.len() as u64 => {
                 &bytes[(a - base) as usize..(z - base) as usize]
@@ -633,7 +630,6 @@ impl Reader {
                 format!("compressed segment {s} (bytes {x}..{y}): {e}"),
             )
         })?;
-        own.give_back();
         if crc32fast::hash(out) != index.crcs[s as usize] {
             return Err(Error::corrupt(
                 &self.path,
@@ -1262,14 +1258,14 @@ struct SegmentPart<'a> {
     share: &'a mut [u8],
 }
 
-/// A byte buffer kept between reads, so that a read's working bytes land in memory already
+/// A byte buffer kept between uses, so that a decode's working bytes land in memory already
 /// faulted in rather than in a fresh, zeroed allocation each time (a run of 8 tiles' pixels is
 /// 2 MiB: allocated per run, it came from `mmap` and cost a random-data `cp` through the mount
-/// a fifth of its CPU in page faults and zeroing). Kept in a small pool per kind, shared by all
-/// threads and readers: the mount has a dozen threads and keeps idle readers, and what they
-/// keep counts against its memory bound (cache size + 64 MiB, which the soak's peak comes
-/// within a few MiB of; a buffer per thread went over it). Its length is kept: callers
-/// `resize` it and write every byte they use, so only growth is zeroed.
+/// a fifth of its CPU in page faults and zeroing). Kept in a small pool shared by all threads
+/// and readers: the mount has a dozen threads and keeps idle readers, and what they keep
+/// counts against its memory bound (cache size + 64 MiB; a buffer per thread went over it).
+/// Its length is kept: callers `resize` it and write every byte they use, so only growth is
+/// zeroed.
 struct ScratchBuffer {
     bytes: Vec<u8>,
     pool: &'static ScratchPool,
@@ -1282,18 +1278,13 @@ struct ScratchPool {
     count: usize,
 }
 
-/// Stream bytes of the segments a read inflates: a mount's 1 MiB read of compressible content
-/// needs well under 1 MiB; a `decode`'s 16 MiB reads allocate theirs.
-static CODED_BYTES: ScratchPool = ScratchPool {
-    kept: Mutex::new(Vec::new()),
-    keep: 1 << 20,
-    count: 2,
-};
-/// Row-major pixels of a run of adjacent tiles being decoded: 2 MiB for a run of 8.
+/// Row-major pixels of a run of adjacent tiles being decoded: 2 MiB for a run of 8. One is
+/// kept: the 10-minute soak went over its memory bound with two of these and two of a read's
+/// stream bytes kept (133 MiB of 128; the session 9 binary and none kept: 116 MiB halfway).
 static RUN_PIXELS: ScratchPool = ScratchPool {
     kept: Mutex::new(Vec::new()),
     keep: 2 << 20,
-    count: 2,
+    count: 1,
 };
 
 impl ScratchBuffer {
