@@ -490,7 +490,7 @@ impl Reader {
         let mut missing = parts.iter().filter(|p| p.cached.is_none()).map(|p| p.s);
         // The first and the last missing segment; `m1` is None when only one is missing.
         let (m0, m1) = (missing.next(), missing.next_back());
-        let mut coded: Option<Vec<u8>> = None;
+        let mut coded = Vec::new();
         let fetched = match (m0, m1) {
             (Some(m0), Some(m1)) => {
                 let (a, _) = index.coded_range(m0);
@@ -501,16 +501,12 @@ impl Reader {
                         format!("compressed segments {m0}..={m1} end past the payload"),
                     ));
                 }
-                let coded = coded.insert(Vec::new());
                 // Every byte is written by the read before it is used.
                 coded.resize((z - a) as usize, 0);
-                let direct = end - offset <= u64::from(index.segment_size)
-                    && match &*self.backend {
-                        Backend::Seekable { image, .. } => image.read_raw_payload(a, coded)?,
-                        _ => false,
-                    };
-                if !direct {
-                    self.read_payload(a, coded)?;
+                if end - offset <= u64::from(index.segment_size) {
+                    self.read_segment_bytes(a, &mut coded)?;
+                } else {
+                    self.read_payload(a, &mut coded)?;
                 }
                 Some((a, &coded[..]))
             }
@@ -526,7 +522,12 @@ impl Reader {
                     return self.inflate_segment(index, part.s, fetched, part.share)
                 }
                 None => {
-                    self.count_segment_miss();
+                    // A small read's miss counts toward warming the PNG.
+                    self.count_toward_warming(
+                        &self.warm.segment_misses,
+                        1,
+                        WARM_AFTER_SEGMENT_MISSES,
+                    );
                     self.missing_segment(index, part.s, fetched)?
                 }
             };
@@ -542,11 +543,26 @@ impl Reader {
         Ok(())
     }
 
-    /// A small read found a segment missing from the cache: after enough of them, the PNG is
-    /// warmed ([`WARM_AFTER_SEGMENT_MISSES`]).
-    fn count_segment_miss(&self) {
-        let seen = self.warm.segment_misses.fetch_add(1, Ordering::Relaxed) + 1;
-        if seen >= WARM_AFTER_SEGMENT_MISSES && !self.warm.started.swap(true, Ordering::AcqRel) {
+    /// Stream bytes `[a, a + out.len())` of a compressed payload, for segments whose own
+    /// CRC-32s check them after inflating: straight from the raw pieces that hold them where
+    /// the layout allows, without decoding (and CRC-checking) the whole tiles around them;
+    /// otherwise through verified tiles.
+    fn read_segment_bytes(&self, a: u64, out: &mut [u8]) -> Result<()> {
+        let direct = match &*self.backend {
+            Backend::Seekable { image, .. } => image.read_raw_payload(a, out)?,
+            _ => false,
+        };
+        if !direct {
+            self.read_payload(a, out)?;
+        }
+        Ok(())
+    }
+
+    /// Adds `n` to one of the reader's warming counters (sequential bytes, segment misses);
+    /// the first to reach its threshold has the PNG warmed ([`Self::warm_png`]), once.
+    fn count_toward_warming(&self, counter: &AtomicU64, n: u64, threshold: u64) {
+        let seen = counter.fetch_add(n, Ordering::Relaxed) + n;
+        if seen >= threshold && !self.warm.started.swap(true, Ordering::AcqRel) {
             self.warm_png();
         }
     }
@@ -611,16 +627,7 @@ impl Reader {
             _ => {
                 // Every byte is written by the read below before it is used.
                 own.resize((z - a) as usize, 0);
-                // A segment is checked by its own CRC-32 below, so its stream bytes may come
-                // straight from raw pieces, without decoding (and CRC-checking) the whole
-                // tiles around them.
-                let direct = match &*self.backend {
-                    Backend::Seekable { image, .. } => image.read_raw_payload(a, &mut own)?,
-                    _ => false,
-                };
-                if !direct {
-                    self.read_payload(a, &mut own)?;
-                }
+                self.read_segment_bytes(a, &mut own)?;
                 &own
             }
         };
@@ -813,15 +820,11 @@ impl Reader {
         }
         if sequential {
             self.read_ahead(tile_bytes, last);
-            let seen = self
-                .warm
-                .sequential_bytes
-                .fetch_add(buf.len() as u64, Ordering::Relaxed);
-            if seen + buf.len() as u64 >= WARM_AFTER_SEQUENTIAL
-                && !self.warm.started.swap(true, Ordering::AcqRel)
-            {
-                self.warm_png();
-            }
+            self.count_toward_warming(
+                &self.warm.sequential_bytes,
+                buf.len() as u64,
+                WARM_AFTER_SEQUENTIAL,
+            );
         }
         Ok(())
     }
