@@ -9,6 +9,7 @@ mod common;
 
 use std::ffi::OsStr;
 use std::fs::File;
+use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -1899,6 +1900,83 @@ fn reads_never_mix_two_versions_of_a_replaced_file() {
     assert!(
         seen.len() >= 2,
         "the readers saw only {seen:?}: the test did not test"
+    );
+}
+
+#[test]
+fn estale_on_open_of_a_file_replaced_in_a_tight_loop() {
+    // The soak's ESTALE: an open of a name whose PNG was replaced found its inode's version
+    // gone and answered ESTALE; the kernel looks the name up again once, and when another
+    // replace landed between that lookup and the open, the program got the error. A local
+    // filesystem never fails that open: it opens the file the lookup found. Here a replacer
+    // renames new copies over the name without pause while openers open and read it whole.
+    const LEN: usize = 96 << 10;
+    const VERSIONS: u8 = 2;
+    let m = Mounted::unmounted();
+    let staged: Vec<PathBuf> = (1..=VERSIONS)
+        .map(|v| {
+            let data: Vec<u8> = (0..LEN).map(|p| versioned_byte(v, p)).collect();
+            let png = m._tmp.path().join(format!("v{v}.rts.png"));
+            let extra: &[&str] = if v == 2 { &["--compress", "none"] } else { &[] };
+            encode_into(&data, &png, extra);
+            png
+        })
+        .collect();
+    let target = m.src.join("f.rts.png");
+    std::fs::copy(&staged[0], &target).unwrap();
+    m.mount_ok(&["ro", "threads=8"]);
+    let file = m.path("f");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    use std::sync::atomic::Ordering::Relaxed;
+    let openers: Vec<_> = (0..6)
+        .map(|_| {
+            let (file, stop) = (file.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let (mut opens, mut failures, mut wrong) = (0u64, Vec::new(), 0u64);
+                let mut buf = Vec::with_capacity(LEN);
+                while !stop.load(Relaxed) {
+                    opens += 1;
+                    buf.clear();
+                    match File::open(&file).and_then(|mut f| f.read_to_end(&mut buf)) {
+                        Ok(_) if buf.len() == LEN && version_of(&buf, 0, VERSIONS).is_some() => {}
+                        Ok(_) => wrong += 1,
+                        Err(e) => failures.push(e.to_string()),
+                    }
+                }
+                (opens, failures, wrong)
+            })
+        })
+        .collect();
+    let start = Instant::now();
+    let mut replaced = 0u64;
+    while start.elapsed() < Duration::from_secs(4) {
+        let tmp = m.src.join("f.rts.png.new");
+        std::fs::copy(&staged[(replaced % 2) as usize], &tmp).unwrap();
+        std::fs::rename(&tmp, &target).unwrap();
+        replaced += 1;
+    }
+    stop.store(true, Relaxed);
+    let (mut opens, mut failures, mut wrong) = (0, Vec::new(), 0);
+    for t in openers {
+        let (o, f, w) = t.join().expect("an opener panicked");
+        opens += o;
+        failures.extend(f);
+        wrong += w;
+    }
+    eprintln!("{opens} opens, {replaced} replacements");
+    assert_eq!(
+        wrong, 0,
+        "{wrong} of {opens} opens read something else than one version"
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {opens} opens failed, e.g. {:?}",
+        failures.len(),
+        failures.first()
+    );
+    assert!(
+        opens > 100 && replaced > 100,
+        "too few opens or replacements to test"
     );
 }
 

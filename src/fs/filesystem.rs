@@ -8,7 +8,7 @@ use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use fuser::{Errno, FileAttr, FileType, FopenFlags, INodeNo, OpenAccMode, OpenFlags, TimeOrNow};
 
@@ -64,6 +64,47 @@ pub struct PixelFs {
     /// Counters for `user.pixelrts.stats` on the root.
     pub(super) stats: MountStats,
     pub(super) stats_sized: SizedOnce,
+    pub(super) stale_opens: StaleOpens,
+}
+
+/// Opens answered ESTALE, by calling thread and path, so that the kernel's retry is told
+/// apart from a first attempt.
+///
+/// An inode stands for one version of a decoded file. An open of an inode whose name now
+/// holds a newer version answers ESTALE: the kernel then looks the name up again and opens
+/// what it finds, so an open after a replace sees the new version although the kernel still
+/// had the old inode cached. The kernel retries once only: when another replace lands between
+/// that lookup and the open, the open is stale again, and a second ESTALE reaches the program
+/// (the soak saw it under load; a replace in a tight loop failed half the opens). So the
+/// retry, recognised by its thread and path, is served the version its lookup found (the view
+/// keeps it openable for a while, [`View::open_version`]): like a local filesystem's open,
+/// it gets the file that the name held at some moment during the call.
+#[derive(Default)]
+pub(super) struct StaleOpens(Mutex<HashMap<(u32, PathBuf), Instant>>);
+
+/// The kernel retries at once; a record older than this is not a retry.
+const RETRY_WINDOW: Duration = Duration::from_secs(1);
+/// Records kept at most (each a thread whose retry never came, e.g. it was killed).
+const MAX_STALE_RECORDS: usize = 4096;
+
+impl StaleOpens {
+    fn note(&self, caller: u32, rel: &Path) {
+        let mut m = lock(&self.0);
+        if m.len() >= MAX_STALE_RECORDS {
+            m.retain(|_, at| at.elapsed() < RETRY_WINDOW);
+        }
+        m.insert((caller, rel.to_path_buf()), Instant::now());
+    }
+
+    /// Whether this open by `caller` retries one that was answered ESTALE (forgotten then).
+    fn take(&self, caller: u32, rel: &Path) -> bool {
+        let mut m = lock(&self.0);
+        if m.is_empty() {
+            return false;
+        }
+        m.remove(&(caller, rel.to_path_buf()))
+            .is_some_and(|at| at.elapsed() < RETRY_WINDOW)
+    }
 }
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -115,6 +156,7 @@ impl PixelFs {
             gid: unsafe { libc::getgid() },
             stats: MountStats::default(),
             stats_sized: SizedOnce::default(),
+            stale_opens: StaleOpens::default(),
         }
     }
 
@@ -500,25 +542,23 @@ impl PixelFs {
         Ok(rel)
     }
 
-    /// Opens `png` for reading; with `version`, only that version of it (else ESTALE, which
+    /// Opens `png` for reading; with `version`, exactly that version of it (the one the
+    /// inode stands for, kept by the view for a while after a replace; else ESTALE, which
     /// makes the kernel look the name up again and open the inode of the new version).
     pub(super) fn open_reader(
         &self,
         png: &Path,
         version: Option<&Probe>,
     ) -> Result<(u64, FopenFlags), Errno> {
-        let (reader, keep) = self
-            .view
-            .open_reader(png)
-            .map_err(|e| self.fail("open", png, &e))?;
-        // An inode of a version never changes content: its cached pages stay valid.
-        let keep = match version {
-            Some(v) if v.key != reader.file_key() => {
-                return Err(self.plain("open (replaced meanwhile)", png, libc::ESTALE))
-            }
-            Some(_) => true,
-            None => keep,
+        let (reader, keep) = match version {
+            // An inode of a version never changes content: its cached pages stay valid.
+            Some(v) => (self.view.open_version(png, v), true),
+            None => match self.view.open_reader(png) {
+                Ok((reader, keep)) => (Ok(reader), keep),
+                Err(e) => (Err(e), false),
+            },
         };
+        let reader = reader.map_err(|e| self.fail("open", png, &e))?;
         let fh = self.new_handle(Handle::Reader { reader });
         let flags = if keep {
             FopenFlags::FOPEN_KEEP_CACHE
@@ -528,7 +568,14 @@ impl PixelFs {
         Ok((fh, flags))
     }
 
-    pub(super) fn do_open(&self, ino: u64, flags: OpenFlags) -> Result<(u64, FopenFlags), Errno> {
+    /// Opens inode `ino` for thread `caller` (the request's pid: the kernel's retry of an
+    /// open comes from the same thread, see [`StaleOpens`]).
+    pub(super) fn do_open(
+        &self,
+        ino: u64,
+        flags: OpenFlags,
+        caller: u32,
+    ) -> Result<(u64, FopenFlags), Errno> {
         if ino == ROOT || ino == ENCODE_ROOT {
             return Err(Errno::EISDIR);
         }
@@ -540,13 +587,21 @@ impl PixelFs {
                     return Err(self.plain("open for writing", &rel, libc::EROFS));
                 }
                 match self.view.entry(&rel) {
-                    Ok(Entry::File { png, probe }) => match self.version_of(ino) {
-                        // The name now holds another version: that is another inode.
-                        Some(v) if v.key != probe.key => {
-                            Err(self.plain("open (replaced)", &rel, libc::ESTALE))
+                    Ok(Entry::File { png, probe }) => {
+                        let version = self.version_of(ino);
+                        let retry = self.stale_opens.take(caller, &rel);
+                        let opened = match version {
+                            // The name holds another version now (another inode).
+                            Some(v) if v.key != probe.key && !retry => {
+                                Err(self.plain("open (replaced)", &rel, libc::ESTALE))
+                            }
+                            v => self.open_reader(&png, v.as_deref()),
+                        };
+                        if opened == Err(Errno::ESTALE) {
+                            self.stale_opens.note(caller, &rel);
                         }
-                        v => self.open_reader(&png, v.as_deref()),
-                    },
+                        opened
+                    }
                     Ok(Entry::Dir { .. }) => Err(Errno::EISDIR),
                     Err(e) => Err(self.fail("open", &rel, &e)),
                 }
@@ -653,7 +708,7 @@ impl PixelFs {
             Err(e) if e.errno() == libc::EEXIST && flags & libc::O_EXCL == 0 => {
                 let a = d.getattr(&rel).map_err(|e| self.fail("create", &rel, &e))?;
                 let fa = self.register_encode(parent, name, &a, true);
-                match self.do_open(fa.ino.0, OpenFlags(flags)) {
+                match self.do_open(fa.ino.0, OpenFlags(flags), 0) {
                     Ok((fh, fl)) => Ok((fa, fh, fl)),
                     Err(e) => {
                         self.nodes_mut().forget(fa.ino.0, 1);

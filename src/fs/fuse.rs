@@ -294,8 +294,8 @@ impl Filesystem for PixelFs {
         }
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.do_open(ino.0, flags) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        match self.do_open(ino.0, flags, req.pid()) {
             Ok((fh, fl)) => reply.opened(FileHandle(fh), fl),
             Err(e) => reply.error(e),
         }

@@ -11,16 +11,20 @@
 //! listing:
 //! - *probes* (metadata, size, mode, mtime of one PNG), so a listing does not re-read every
 //!   PNG's header each time;
-//! - *readers*, one [`Reader`] per PNG, sharing one [`TileCache`].
+//! - *readers*, one [`Reader`] per PNG, sharing one [`TileCache`];
+//! - *pins*: for a few seconds after a replaced PNG's new version is first seen, a descriptor
+//!   of it, so that an open of the inode a lookup just handed out succeeds even when the name
+//!   was replaced again in between (see [`View::open_version`]).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ffi::{OsStr, OsString};
+use std::fs::File;
 use std::fs::Metadata;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value};
 
@@ -39,6 +43,12 @@ const MAX_PROBES: usize = 8192;
 /// Readers kept open at most while unused; beyond this, unused ones are closed. Each holds a
 /// descriptor, its index and decode scratch (a plain PNG's checkpoints: ~33 KiB per MiB).
 const MAX_IDLE_READERS: usize = 32;
+/// How long a pinned version stays openable. A lookup and the open that follows it (the
+/// kernel's retry after ESTALE included) are microseconds to milliseconds apart, seconds under
+/// heavy load; a pin keeps a replaced PNG's blocks allocated, so it does not last longer.
+const PIN_TTL: Duration = Duration::from_secs(2);
+/// Pins kept at most (one per version of a replaced PNG seen within [`PIN_TTL`]).
+const MAX_PINS: usize = 32;
 
 /// What a view entry is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -114,12 +124,21 @@ struct ReaderSlot {
     reader: Arc<Reader>,
 }
 
+/// A descriptor of one version of a PNG, kept for [`PIN_TTL`] after it was first probed.
+struct Pin {
+    key: FileKey,
+    file: File,
+    since: Instant,
+}
+
 /// The decoded view of one SOURCE folder. `Send + Sync`; every method takes `&self`.
 pub struct View {
     source: PathBuf,
     opts: ViewOptions,
     probes: Mutex<HashMap<PathBuf, Arc<Probe>>>,
     readers: Mutex<HashMap<PathBuf, ReaderSlot>>,
+    /// Oldest first.
+    pins: Mutex<VecDeque<Pin>>,
 }
 
 impl std::fmt::Debug for View {
@@ -193,6 +212,7 @@ impl View {
             opts,
             probes: Mutex::new(HashMap::new()),
             readers: Mutex::new(HashMap::new()),
+            pins: Mutex::new(VecDeque::new()),
         }
     }
 
@@ -242,6 +262,8 @@ impl View {
     /// Looks `name` up in the view folder `rel_dir`: a folder wins over `name.rts.png`.
     pub fn lookup(&self, rel_dir: &Path, name: &OsStr) -> Result<Entry> {
         check_rel(rel_dir)?;
+        // Pins of versions nobody opened go when the mount is next used.
+        Self::expire(&mut lock(&self.pins));
         let dir = self.source.join(rel_dir);
         let shown = dir.join(name);
         if name.is_empty()
@@ -368,11 +390,11 @@ impl View {
     pub fn probe(&self, png: &Path) -> Result<Arc<Probe>> {
         let m = std::fs::metadata(png).at(png)?;
         let key = key_of(&m);
-        if let Some(p) = lock(&self.probes).get(png) {
-            if p.key == key {
-                return Ok(p.clone());
-            }
-        }
+        let replaced = match lock(&self.probes).get(png) {
+            Some(p) if p.key == key => return Ok(p.clone()),
+            Some(_) => true,
+            None => false,
+        };
         let c = Container::open(png)?;
         // The identity of what was actually parsed (the file may have been replaced since
         // the stat above; then the next probe simply reads it again).
@@ -415,6 +437,9 @@ impl View {
             },
             metadata: md.display_map(),
         });
+        if replaced {
+            self.pin(key, c.file);
+        }
         let mut probes = lock(&self.probes);
         if probes.len() >= MAX_PROBES {
             // Probes are cheap to redo; a bound keeps a huge SOURCE from growing the map forever.
@@ -427,8 +452,68 @@ impl View {
     /// A reader for `png`, and whether the kernel may keep its cached pages: true only when
     /// the PNG is the very file (same [`FileKey`]) the previous open of it saw.
     pub fn open_reader(&self, png: &Path) -> Result<(Arc<Reader>, bool)> {
-        let m = std::fs::metadata(png).at(png)?;
-        let key = key_of(&m);
+        let key = key_of(&std::fs::metadata(png).at(png)?);
+        self.reader_of_key(png, key)
+    }
+
+    /// A reader of exactly `version` of `png`: the shared one while the name holds it, else
+    /// one over the descriptor pinned when that version was first seen. A local filesystem
+    /// opens the file its lookup found even when the name was replaced since; the kernel
+    /// retries an open that fails with ESTALE only once, after a fresh lookup, so without the
+    /// pin a replace landing between that lookup and the open reached the program (the soak
+    /// saw it under load). ESTALE when neither holds the version any more.
+    pub fn open_version(&self, png: &Path, version: &Probe) -> Result<Arc<Reader>> {
+        if let Ok(m) = std::fs::metadata(png) {
+            if key_of(&m) == version.key {
+                let (reader, _) = self.reader_of_key(png, version.key)?;
+                if reader.file_key() == version.key {
+                    return Ok(reader);
+                }
+            }
+        }
+        let Some(file) = self.pinned(version.key) else {
+            return Err(errno_error(png, libc::ESTALE));
+        };
+        let c = Container::from_file(file, png)?;
+        Ok(Arc::new(Reader::from_container(c, &self.opts.reader)?))
+    }
+
+    /// Keeps a descriptor of `file` (version `key`) for [`PIN_TTL`].
+    fn pin(&self, key: FileKey, file: File) {
+        let mut pins = lock(&self.pins);
+        Self::expire(&mut pins);
+        if pins.iter().any(|p| p.key == key) {
+            return;
+        }
+        if pins.len() >= MAX_PINS {
+            pins.pop_front();
+        }
+        pins.push_back(Pin {
+            key,
+            file,
+            since: Instant::now(),
+        });
+    }
+
+    /// The pinned descriptor of version `key`, when it is still kept (a duplicate of it, so
+    /// closing it later does not disturb a reader).
+    fn pinned(&self, key: FileKey) -> Option<File> {
+        let mut pins = lock(&self.pins);
+        Self::expire(&mut pins);
+        pins.iter()
+            .find(|p| p.key == key)
+            .and_then(|p| p.file.try_clone().ok())
+    }
+
+    fn expire(pins: &mut VecDeque<Pin>) {
+        while pins.front().is_some_and(|p| p.since.elapsed() > PIN_TTL) {
+            pins.pop_front();
+        }
+    }
+
+    /// The shared reader of `png` when it is version `key`, else a new one (which becomes
+    /// the shared one), and whether the kernel may keep its cached pages.
+    fn reader_of_key(&self, png: &Path, key: FileKey) -> Result<(Arc<Reader>, bool)> {
         {
             let readers = lock(&self.readers);
             if let Some(slot) = readers.get(png) {
@@ -579,6 +664,59 @@ mod tests {
         assert!(!keep);
         let n = r.read_at(0, &mut buf).unwrap();
         assert_eq!(&buf[..n], b"new content!!");
+    }
+
+    #[test]
+    fn a_replaced_version_stays_openable_by_its_inode_for_a_while() {
+        // The soak's ESTALE (see `open_version`): the version a lookup found must open even
+        // when the name was replaced again before the open.
+        let tmp = tempfile::tempdir().unwrap();
+        let work = tempfile::tempdir().unwrap();
+        let src = tmp.path();
+        let png = src.join("f.rts.png");
+        let replace = |tag: &str, data: &[u8]| {
+            let staged = work.path().join(format!("{tag}.rts.png"));
+            encode(
+                &work.path().join(tag),
+                data,
+                &staged,
+                &EncodeOptions::default(),
+            );
+            std::fs::rename(&staged, &png).unwrap();
+        };
+        let read_all = |r: &Reader| {
+            let mut buf = vec![0u8; r.len() as usize];
+            r.read_exact_at(0, &mut buf).unwrap();
+            buf
+        };
+        replace("one", b"version one");
+        let v = view(src);
+        let first = v.probe(&png).unwrap();
+        replace("two", b"version two!");
+        let second = v.probe(&png).unwrap();
+        replace("three", b"version three");
+        let third = v.probe(&png).unwrap();
+        assert_ne!(second.key, third.key);
+
+        // The name holds the third version; the second is served from its pin.
+        assert_eq!(
+            read_all(&v.open_version(&png, &second).unwrap()),
+            b"version two!"
+        );
+        assert_eq!(
+            read_all(&v.open_version(&png, &third).unwrap()),
+            b"version three"
+        );
+        // The first version was seen before any replace, so nothing kept it: ESTALE, and the
+        // kernel looks the name up again.
+        let e = v.open_version(&png, &first).err().unwrap();
+        assert_eq!(e.errno(), libc::ESTALE, "{e}");
+        // Pins last a while only: a replaced PNG's blocks are not kept allocated.
+        lock(&v.pins).front_mut().unwrap().since -= PIN_TTL + Duration::from_secs(1);
+        lock(&v.pins).back_mut().unwrap().since -= PIN_TTL + Duration::from_secs(1);
+        let e = v.open_version(&png, &second).err().unwrap();
+        assert_eq!(e.errno(), libc::ESTALE, "{e}");
+        assert!(lock(&v.pins).is_empty());
     }
 
     #[test]
