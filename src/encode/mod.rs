@@ -458,7 +458,7 @@ fn encode_core<W: Write + Seek + Send>(
             .map_err(io)?;
     }
 
-    let indexed = !opts.layout.is_plain(grid);
+    let indexed = !opts.layout.is_plain(grid, compressed.is_some());
     let (digest, end) = if !indexed && grid <= plain::ZLIB_MAX_GRID {
         // Whether the pixels compress: a compressed payload does not; `auto` has already
         // sampled the input when it chose not to compress it.

@@ -19,7 +19,7 @@ use crate::format::hilbert::TileTables;
 /// `--layout auto|seekable|plain`: how the pixels' zlib stream is laid out.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Layout {
-    /// Plain up to [`PLAIN_MAX_GRID`], seekable above.
+    /// Plain up to [`PLAIN_MAX_GRID`] (a compressed payload only below it), seekable above.
     #[default]
     Auto,
     /// Restart points and an `rtIX` index (docs/LAYOUT.md): random access at any size.
@@ -29,9 +29,17 @@ pub enum Layout {
 }
 
 impl Layout {
-    /// Whether a `grid × grid` image is written plain.
-    pub fn is_plain(self, grid: u64) -> bool {
+    /// Whether a `grid × grid` image is written plain; `compressed_payload`: its pixels hold
+    /// a compressed payload (zlib segments), not the input's bytes.
+    ///
+    /// A compressed payload of more than 4 MiB (grid 2048) is written seekable: its pixels do
+    /// not compress, so the layout costs little (real content, 12 and 16 MiB: +0.41% and
+    /// +0.39% over plain), while a plain PNG must be inflated twice to read it, once for the
+    /// checkpoint pass and once more around each segment: a cold `cp` of 16 MiB through the
+    /// mount took 71 ms plain and 44 ms seekable (squashfuse over zstd: 22 ms).
+    pub fn is_plain(self, grid: u64, compressed_payload: bool) -> bool {
         match self {
+            Layout::Auto if compressed_payload => grid < PLAIN_MAX_GRID,
             Layout::Auto => grid <= PLAIN_MAX_GRID,
             Layout::Seekable => false,
             Layout::Plain => true,
