@@ -488,3 +488,72 @@ fn whole_segments_go_straight_to_the_read_and_partial_ones_are_cached() {
     read(last, data.len() - last);
     read(last - 10, data.len() - last + 10);
 }
+
+/// A small read's segment rows go to the kernel in one io_uring batch; where io_uring is not
+/// available (or `PIXELRTS_IO_URING=0`) they are read one by one. Both give the original
+/// bytes, and both refuse the segments a damaged byte lies in (the CRC-32 of a segment read
+/// from raw pieces, or the checks of the tile when the byte is a piece's framing).
+#[test]
+fn segment_rows_read_the_same_through_io_uring_and_one_by_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = content(2_000_000, 9);
+    let png = encode_compressed(dir.path(), "rows", &data, 65536);
+    let cat = |png: &Path, offset: u64, len: u64, uring: bool| {
+        let mut cmd = std::process::Command::new(bin());
+        cmd.args([
+            "cat",
+            "--offset",
+            &offset.to_string(),
+            "--length",
+            &len.to_string(),
+        ])
+        .arg(png);
+        if !uring {
+            cmd.env("PIXELRTS_IO_URING", "0");
+        }
+        cmd.output().unwrap()
+    };
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
+    for _ in 0..12 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        // Within one segment, or across a boundary (two segments' rows in one fetch).
+        let offset = x % (data.len() as u64 - 20_000);
+        let len = 1 + (x >> 40) % 9000;
+        let want = &data[offset as usize..(offset + len) as usize];
+        for uring in [true, false] {
+            let out = cat(&png, offset, len, uring);
+            assert!(out.status.success(), "{}", describe(&out));
+            assert!(
+                out.stdout == want,
+                "{offset}+{len} (io_uring {uring}) differs"
+            );
+        }
+    }
+    // Damage one byte in the middle of the image data: the segment holding it fails both ways.
+    let mut bytes = fs::read(&png).unwrap();
+    let mut at = 8;
+    while &bytes[at + 4..at + 8] != b"IDAT" {
+        at += 12 + u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+    }
+    let len = u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+    bytes[at + 8 + len / 3] ^= 0x5a;
+    let bad = dir.path().join("bad.rts.png");
+    fs::write(&bad, &bytes).unwrap();
+    let failed = |uring: bool| {
+        (0..data.len() as u64)
+            .step_by(65536)
+            .filter(|&o| !cat(&bad, o, 4096, uring).status.success())
+            .count()
+    };
+    let (with, without) = (failed(true), failed(false));
+    let segments = data.len().div_ceil(65536);
+    // One segment, or the segments of one tile when the byte is a piece's framing (then the
+    // tile is decoded and checked whole).
+    assert!(
+        with >= 1 && with <= segments / 2,
+        "{with} of {segments} segments failed through io_uring"
+    );
+    assert_eq!(with, without, "the two ways disagree on the damage");
+}
