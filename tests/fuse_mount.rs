@@ -1790,6 +1790,24 @@ fn version_of(buf: &[u8], off: usize, versions: u8) -> Option<u8> {
     })
 }
 
+/// `versions` versions of a `len`-byte file (`versioned_byte`) encoded beside SOURCE, both
+/// payload kinds (version 2 keeps pixels = bytes), and the first installed as `f.rts.png` in
+/// SOURCE: the staged PNGs and that target.
+fn stage_versions(m: &Mounted, versions: u8, len: usize) -> (Vec<PathBuf>, PathBuf) {
+    let staged: Vec<PathBuf> = (1..=versions)
+        .map(|v| {
+            let data: Vec<u8> = (0..len).map(|p| versioned_byte(v, p)).collect();
+            let png = m._tmp.path().join(format!("v{v}.rts.png"));
+            let extra: &[&str] = if v == 2 { &["--compress", "none"] } else { &[] };
+            encode_into(&data, &png, extra);
+            png
+        })
+        .collect();
+    let target = m.src.join("f.rts.png");
+    std::fs::copy(&staged[0], &target).unwrap();
+    (staged, target)
+}
+
 #[test]
 fn reads_never_mix_two_versions_of_a_replaced_file() {
     // The torn reads: a file replaced in SOURCE (a new PNG renamed over it) while
@@ -1798,18 +1816,7 @@ fn reads_never_mix_two_versions_of_a_replaced_file() {
     const LEN: usize = 4 << 20;
     const VERSIONS: u8 = 3;
     let m = Mounted::unmounted();
-    let staged: Vec<PathBuf> = (1..=VERSIONS)
-        .map(|v| {
-            let data: Vec<u8> = (0..LEN).map(|p| versioned_byte(v, p)).collect();
-            let png = m._tmp.path().join(format!("v{v}.rts.png"));
-            // Both payload kinds: version 2 keeps pixels = bytes.
-            let extra: &[&str] = if v == 2 { &["--compress", "none"] } else { &[] };
-            encode_into(&data, &png, extra);
-            png
-        })
-        .collect();
-    let target = m.src.join("f.rts.png");
-    std::fs::copy(&staged[0], &target).unwrap();
+    let (staged, target) = stage_versions(&m, VERSIONS, LEN);
     m.mount_ok(&["ro", "threads=8", "cache_size=8M"]);
     let file = m.path("f");
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -1913,17 +1920,7 @@ fn estale_on_open_of_a_file_replaced_in_a_tight_loop() {
     const LEN: usize = 96 << 10;
     const VERSIONS: u8 = 2;
     let m = Mounted::unmounted();
-    let staged: Vec<PathBuf> = (1..=VERSIONS)
-        .map(|v| {
-            let data: Vec<u8> = (0..LEN).map(|p| versioned_byte(v, p)).collect();
-            let png = m._tmp.path().join(format!("v{v}.rts.png"));
-            let extra: &[&str] = if v == 2 { &["--compress", "none"] } else { &[] };
-            encode_into(&data, &png, extra);
-            png
-        })
-        .collect();
-    let target = m.src.join("f.rts.png");
-    std::fs::copy(&staged[0], &target).unwrap();
+    let (staged, target) = stage_versions(&m, VERSIONS, LEN);
     m.mount_ok(&["ro", "threads=8"]);
     let file = m.path("f");
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
