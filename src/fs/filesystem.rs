@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -17,6 +18,7 @@ use super::inodes::{Area, Nodes};
 use super::stats::{self, Gathered, MountStats, SizedOnce, STATS_XATTR};
 use super::view::{self, Entry, Kind, Probe, View};
 use super::xattr;
+use crate::cache::FileKey;
 use crate::error::Error;
 use crate::reader::Reader;
 
@@ -76,11 +78,18 @@ pub struct PixelFs {
 /// had the old inode cached. The kernel retries once only: when another replace lands between
 /// that lookup and the open, the open is stale again, and a second ESTALE reaches the program
 /// (the soak saw it under load; a replace in a tight loop failed half the opens). So the
-/// retry, recognised by its thread and path, is served the version its lookup found (the view
-/// keeps it openable for a while, [`View::open_version`]): like a local filesystem's open,
-/// it gets the file that the name held at some moment during the call.
+/// retry, recognised by its thread and path, is served the version its lookup found: that
+/// lookup keeps a descriptor of it in the record (and the view keeps replaced versions
+/// openable for a while, [`View::open_version`]). Like a local filesystem's open, it gets the
+/// file that the name held at some moment during the call.
 #[derive(Default)]
-pub(super) struct StaleOpens(Mutex<HashMap<(u32, PathBuf), Instant>>);
+pub(super) struct StaleOpens(Mutex<HashMap<(u32, PathBuf), StaleRecord>>);
+
+pub(super) struct StaleRecord {
+    at: Instant,
+    /// The version the retry's lookup found, and a descriptor of it.
+    found: Option<(FileKey, File)>,
+}
 
 /// The kernel retries at once; a record older than this is not a retry.
 const RETRY_WINDOW: Duration = Duration::from_secs(1);
@@ -91,19 +100,39 @@ impl StaleOpens {
     fn note(&self, caller: u32, rel: &Path) {
         let mut m = lock(&self.0);
         if m.len() >= MAX_STALE_RECORDS {
-            m.retain(|_, at| at.elapsed() < RETRY_WINDOW);
+            m.retain(|_, r| r.at.elapsed() < RETRY_WINDOW);
         }
-        m.insert((caller, rel.to_path_buf()), Instant::now());
+        let record = StaleRecord {
+            at: Instant::now(),
+            found: None,
+        };
+        m.insert((caller, rel.to_path_buf()), record);
     }
 
-    /// Whether this open by `caller` retries one that was answered ESTALE (forgotten then).
-    fn take(&self, caller: u32, rel: &Path) -> bool {
+    /// Whether `caller` is retrying an open of `rel` that was answered ESTALE.
+    fn retrying(&self, caller: u32, rel: &Path) -> bool {
+        let m = lock(&self.0);
+        !m.is_empty()
+            && m.get(&(caller, rel.to_path_buf()))
+                .is_some_and(|r| r.at.elapsed() < RETRY_WINDOW)
+    }
+
+    /// Keeps what the retry's lookup found for its open.
+    fn found(&self, caller: u32, rel: &Path, key: FileKey, file: File) {
+        if let Some(r) = lock(&self.0).get_mut(&(caller, rel.to_path_buf())) {
+            r.found = Some((key, file));
+        }
+    }
+
+    /// The record of an open by `caller` that retries one answered ESTALE (forgotten then);
+    /// None: not a retry.
+    fn take(&self, caller: u32, rel: &Path) -> Option<StaleRecord> {
         let mut m = lock(&self.0);
         if m.is_empty() {
-            return false;
+            return None;
         }
         m.remove(&(caller, rel.to_path_buf()))
-            .is_some_and(|at| at.elapsed() < RETRY_WINDOW)
+            .filter(|r| r.at.elapsed() < RETRY_WINDOW)
     }
 }
 
@@ -338,6 +367,7 @@ impl PixelFs {
         parent: u64,
         name: &OsStr,
         counted: bool,
+        caller: u32,
     ) -> Result<FileAttr, Errno> {
         if self.is_encode_root_name(parent, name) {
             return Ok(self.encode_root_attr());
@@ -350,6 +380,16 @@ impl PixelFs {
                     .lookup(&dir, name)
                     .map_err(|e| self.fail("lookup", &dir.join(name), &e))?;
                 let a = entry.attr();
+                if let Entry::File { png, probe } = &entry {
+                    let rel = dir.join(name);
+                    if self.stale_opens.retrying(caller, &rel) {
+                        // The kernel's retry of a stale open: its open must get this version
+                        // even if the name is replaced again before it comes.
+                        if let Some(file) = self.view.open_exact(png, probe) {
+                            self.stale_opens.found(caller, &rel, probe.key, file);
+                        }
+                    }
+                }
                 let ino =
                     self.nodes_mut()
                         .get_or_insert(parent, name, a.kind, entry.version(), counted);
@@ -570,6 +610,16 @@ impl PixelFs {
 
     /// Opens inode `ino` for thread `caller` (the request's pid: the kernel's retry of an
     /// open comes from the same thread, see [`StaleOpens`]).
+    /// A handle on the version of `png` that `file` holds (found by a retry's lookup).
+    fn open_found(&self, png: &Path, file: File) -> Result<(u64, FopenFlags), Errno> {
+        let reader = self
+            .view
+            .reader_of_file(png, file)
+            .map_err(|e| self.fail("open", png, &e))?;
+        let fh = self.new_handle(Handle::Reader { reader });
+        Ok((fh, FopenFlags::FOPEN_KEEP_CACHE))
+    }
+
     pub(super) fn do_open(
         &self,
         ino: u64,
@@ -590,12 +640,20 @@ impl PixelFs {
                     Ok(Entry::File { png, probe }) => {
                         let version = self.version_of(ino);
                         let retry = self.stale_opens.take(caller, &rel);
-                        let opened = match version {
+                        let opened = match (version, retry) {
                             // The name holds another version now (another inode).
-                            Some(v) if v.key != probe.key && !retry => {
+                            (Some(v), None) if v.key != probe.key => {
                                 Err(self.plain("open (replaced)", &rel, libc::ESTALE))
                             }
-                            v => self.open_reader(&png, v.as_deref()),
+                            // A retry, of the version its lookup kept a descriptor of.
+                            (
+                                Some(v),
+                                Some(StaleRecord {
+                                    found: Some((key, file)),
+                                    ..
+                                }),
+                            ) if key == v.key => self.open_found(&png, file),
+                            (v, _) => self.open_reader(&png, v.as_deref()),
                         };
                         if opened == Err(Errno::ESTALE) {
                             self.stale_opens.note(caller, &rel);

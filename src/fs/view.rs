@@ -474,6 +474,17 @@ impl View {
         let Some(file) = self.pinned(version.key) else {
             return Err(errno_error(png, libc::ESTALE));
         };
+        self.reader_of_file(png, file)
+    }
+
+    /// A descriptor of `png` if it still is `version` (None: replaced meanwhile, or gone).
+    pub fn open_exact(&self, png: &Path, version: &Probe) -> Option<File> {
+        let file = File::open(png).ok()?;
+        (FileKey::of(&file).ok()? == version.key).then_some(file)
+    }
+
+    /// A reader of the version `file` holds (not shared: the name may hold another by now).
+    pub fn reader_of_file(&self, png: &Path, file: File) -> Result<Arc<Reader>> {
         let c = Container::from_file(file, png)?;
         Ok(Arc::new(Reader::from_container(c, &self.opts.reader)?))
     }
