@@ -18,7 +18,6 @@ pub mod fs;
 pub mod gpu;
 mod io_util;
 pub mod reader;
-mod scattered_read;
 
 pub use error::{Error, Result};
 pub use format::metadata::Mode;

@@ -204,16 +204,11 @@ impl SeekableImage {
 
     /// Reads each `(start, span)` into `out[start..start + span.len]`. A segment's bytes lie
     /// on a hundred scanlines or so, 64 KiB apart in a large image: read one after another
-    /// from a cold disk, each costs a device round trip, and from the page cache a system
-    /// call each. So all of them go to the kernel at once, through io_uring
-    /// ([`crate::scattered_read`]). Where io_uring is not available, each span is first read
-    /// only if the page cache has it (`RWF_NOWAIT`: one system call per span when the file is
-    /// warm), then the reads of all the others are started at once (`POSIX_FADV_WILLNEED`)
-    /// and waited for one by one.
+    /// from a cold disk, each costs a device round trip. So each span is first read only if
+    /// the page cache has it (`RWF_NOWAIT`: one system call per span when the file is warm,
+    /// as before), then the reads of all the others are started at once
+    /// (`POSIX_FADV_WILLNEED`) and waited for one by one.
     fn read_spans(&self, spans: &[(usize, PieceSpan)], out: &mut [u8]) -> Result<()> {
-        if let Some(r) = self.read_spans_together(spans, out) {
-            return r;
-        }
         let mut missing = Vec::new();
         for &(start, span) in spans {
             let dst = &mut out[start..start + span.len as usize];
@@ -228,42 +223,6 @@ impl SeekableImage {
             self.read_stream(span.at, &mut out[start..start + span.len as usize])?;
         }
         Ok(())
-    }
-
-    /// All spans in one io_uring batch (None: not available, or a span crosses an IDAT
-    /// chunk boundary, or the batch is too large; the caller reads them one by one).
-    /// Measured on the OS image's PNG, cached, 4 KiB random reads through the mount, one fio
-    /// job: 3,120–3,737 IOPS against 3,096–3,492 (p50 262–310 µs against 281–326); the cold
-    /// loop-mounted `tar`, medians of 7 and 9 alternated runs: 0.79 and 0.80 s against 0.84
-    /// and 0.83 s.
-    fn read_spans_together(
-        &self,
-        spans: &[(usize, PieceSpan)],
-        out: &mut [u8],
-    ) -> Option<Result<()>> {
-        let c = u64::from(self.header.idat_chunk_size);
-        if spans
-            .iter()
-            .any(|(_, s)| s.at % c + s.len > c || s.at + s.len > self.header.stream_length)
-        {
-            return None;
-        }
-        let mut reads = Vec::with_capacity(spans.len());
-        let mut rest = out;
-        let mut consumed = 0usize;
-        for &(start, span) in spans {
-            // Spans are in increasing, non-overlapping order of `start`.
-            let (_, tail) = std::mem::take(&mut rest).split_at_mut(start - consumed);
-            let (buf, tail) = tail.split_at_mut(span.len as usize);
-            rest = tail;
-            consumed = start + span.len as usize;
-            reads.push(crate::scattered_read::Read {
-                offset: self.stream_to_file_offset(span.at),
-                buf,
-            });
-        }
-        let r = crate::scattered_read::read_all(&self.file, &mut reads)?;
-        Some(r.at(&self.path))
     }
 
     /// Fills `out` from stream offset `at` if that needs no device I/O and the range lies in
