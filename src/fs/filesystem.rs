@@ -608,8 +608,6 @@ impl PixelFs {
         Ok((fh, flags))
     }
 
-    /// Opens inode `ino` for thread `caller` (the request's pid: the kernel's retry of an
-    /// open comes from the same thread, see [`StaleOpens`]).
     /// A handle on the version of `png` that `file` holds (found by a retry's lookup).
     fn open_found(&self, png: &Path, file: File) -> Result<(u64, FopenFlags), Errno> {
         let reader = self
@@ -620,6 +618,8 @@ impl PixelFs {
         Ok((fh, FopenFlags::FOPEN_KEEP_CACHE))
     }
 
+    /// Opens inode `ino` for thread `caller` (the request's pid: the kernel's retry of an
+    /// open comes from the same thread, see [`StaleOpens`]).
     pub(super) fn do_open(
         &self,
         ino: u64,

@@ -458,10 +458,10 @@ impl View {
 
     /// A reader of exactly `version` of `png`: the shared one while the name holds it, else
     /// one over the descriptor pinned when that version was first seen. A local filesystem
-    /// opens the file its lookup found even when the name was replaced since; the kernel
-    /// retries an open that fails with ESTALE only once, after a fresh lookup, so without the
-    /// pin a replace landing between that lookup and the open reached the program (the soak
-    /// saw it under load). ESTALE when neither holds the version any more.
+    /// opens the file its lookup found even when the name was replaced since. The mount's
+    /// retry records (`StaleOpens` in filesystem.rs) keep the version a retried open's lookup
+    /// found; a pin also covers a version replaced between being probed and being opened
+    /// there. ESTALE when neither holds the version any more.
     pub fn open_version(&self, png: &Path, version: &Probe) -> Result<Arc<Reader>> {
         if let Ok(m) = std::fs::metadata(png) {
             if key_of(&m) == version.key {
