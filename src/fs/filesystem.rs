@@ -93,14 +93,21 @@ pub(super) struct StaleRecord {
 
 /// The kernel retries at once; a record older than this is not a retry.
 const RETRY_WINDOW: Duration = Duration::from_secs(1);
-/// Records kept at most (each a thread whose retry never came, e.g. it was killed).
+/// Records kept at most: one per thread with an open answered ESTALE in the last
+/// [`RETRY_WINDOW`] (a retry removes its record; one whose retry never came, its thread killed
+/// between lookup and open, goes at the next ESTALE after the window, with the descriptor its
+/// lookup may have kept).
 const MAX_STALE_RECORDS: usize = 4096;
 
 impl StaleOpens {
     fn note(&self, caller: u32, rel: &Path) {
         let mut m = lock(&self.0);
+        m.retain(|_, r| r.at.elapsed() < RETRY_WINDOW);
         if m.len() >= MAX_STALE_RECORDS {
-            m.retain(|_, r| r.at.elapsed() < RETRY_WINDOW);
+            // As many threads retrying at once: the oldest record goes.
+            if let Some(oldest) = m.iter().min_by_key(|(_, r)| r.at).map(|(k, _)| k.clone()) {
+                m.remove(&oldest);
+            }
         }
         let record = StaleRecord {
             at: Instant::now(),
