@@ -83,6 +83,19 @@ struct Inner {
     spare_bytes: u64,
 }
 
+impl Inner {
+    /// A tile that has left the LRU: its buffer becomes a spare when nobody else holds it and
+    /// the spares stay within `spare_cap`; otherwise it is freed (once its holders drop it).
+    fn retire(&mut self, tile: Arc<[u8]>, spare_cap: u64) {
+        let len = tile.len() as u64;
+        self.bytes -= len;
+        if Arc::strong_count(&tile) == 1 && self.spare_bytes + len <= spare_cap {
+            self.spare_bytes += len;
+            self.spare.push(tile);
+        }
+    }
+}
+
 /// A decode in progress (see [`TileCache::claim`]).
 #[derive(Default)]
 struct Flight {
@@ -172,6 +185,11 @@ impl TileCache {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The most spare buffers may hold: their share of the budget.
+    fn spare_cap(&self) -> u64 {
+        MAX_SPARE_BYTES.min(self.budget / 16)
+    }
+
     /// Looks a tile up, counting a hit or a miss.
     pub fn get(&self, key: &TileKey) -> Option<Arc<[u8]>> {
         let found = self.lock().lru.get(key).cloned();
@@ -196,7 +214,7 @@ impl TileCache {
         }
         // Spare buffers count against the budget: `cache_size` bounds the memory the cache
         // holds, not only what it can hit.
-        let spare_cap = MAX_SPARE_BYTES.min(self.budget / 16);
+        let spare_cap = self.spare_cap();
         let mut inner = self.lock();
         if let Some(old) = inner.lru.put(key, tile) {
             inner.bytes -= old.len() as u64;
@@ -214,12 +232,7 @@ impl TileCache {
             match inner.lru.pop_lru() {
                 Some((_, v)) => {
                     self.evictions.fetch_add(1, Ordering::Relaxed);
-                    inner.bytes -= v.len() as u64;
-                    let len = v.len() as u64;
-                    if Arc::strong_count(&v) == 1 && inner.spare_bytes + len <= spare_cap {
-                        inner.spare_bytes += len;
-                        inner.spare.push(v);
-                    }
+                    inner.retire(v, spare_cap);
                 }
                 None => break,
             }
@@ -232,15 +245,10 @@ impl TileCache {
     /// filling the cache with tiles nobody reads again, which pushed out other files' tiles
     /// and faulted in fresh memory for each.
     pub fn release(&self, key: &TileKey) {
-        let spare_cap = MAX_SPARE_BYTES.min(self.budget / 16);
+        let spare_cap = self.spare_cap();
         let mut inner = self.lock();
         if let Some(tile) = inner.lru.pop(key) {
-            let len = tile.len() as u64;
-            inner.bytes -= len;
-            if Arc::strong_count(&tile) == 1 && inner.spare_bytes + len <= spare_cap {
-                inner.spare_bytes += len;
-                inner.spare.push(tile);
-            }
+            inner.retire(tile, spare_cap);
         }
     }
 
