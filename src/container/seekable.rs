@@ -9,7 +9,7 @@ use std::os::unix::fs::FileExt;
 use std::os::unix::io::AsRawFd;
 
 use crate::error::{Error, IoContext, Result};
-use crate::format::hilbert::{gather_tile, TileTables};
+use crate::format::hilbert::{gather_tile, gather_tile_range, TileTables};
 use crate::format::index::{IndexHeader, RAW_FLAG, VERSION_DENSE};
 use crate::format::png::ChunkHeader;
 use crate::format::segment::{inflate_piece, inflate_piece_prefix, ZLIB_HEADER};
@@ -439,26 +439,26 @@ impl SeekableImage {
     /// part, once. Nothing here checks the bytes — no tile CRC covers part of a tile — so only
     /// callers that verify what they make of them may use this (a compressed segment, whose
     /// CRC-32 is checked after inflating). Returns false when a piece it needs is not raw; the
-    /// caller then decodes whole tiles.
-    pub fn read_raw_payload(&self, offset: u64, out: &mut [u8]) -> Result<bool> {
+    /// caller then decodes whole tiles. `band` is working memory (its contents do not matter;
+    /// callers keep it between reads so that it is not zeroed and faulted in each time).
+    pub fn read_raw_payload(
+        &self,
+        offset: u64,
+        out: &mut [u8],
+        band: &mut Vec<u8>,
+    ) -> Result<bool> {
         if self.header.version == VERSION_DENSE {
             return Ok(false);
         }
         let side = self.tables.tile_side() as usize;
-        // Tile sides are powers of two: a position is `y << shift | x`.
-        let shift = side.trailing_zeros();
-        let mask = side - 1;
+        let row_bytes = 4 * side;
         let tile_bytes = 4 * self.tables.tile_pixels();
         let end = offset + out.len() as u64;
         if end > self.header.payload_size {
             return Err(Error::corrupt(&self.path, "read past the payload"));
         }
-        let mut lo = vec![u32::MAX; side];
+        let mut lo = vec![0u32; side];
         let mut hi = vec![0u32; side];
-        // Where each row's bytes start in `rows`, less 4·lo: a pixel at (y, x) is at
-        // `row_base[y] + 4x`.
-        let mut row_base = vec![0usize; side];
-        let mut rows = Vec::new();
         let mut spans = Vec::new();
         let mut at = offset;
         while at < end {
@@ -466,68 +466,43 @@ impl SeekableImage {
             let tile_start = j * tile_bytes;
             let tile_end = (tile_start + tile_bytes).min(end);
             let place = self.tables.place_of(j);
-            let positions = self.tables.positions(&place);
             let (first_px, end_px) = (
                 ((at - tile_start) / 4) as usize,
                 (tile_end - tile_start).div_ceil(4) as usize,
             );
-            let wanted = &positions[first_px..end_px];
-            lo.fill(u32::MAX);
-            hi.fill(0);
-            for &pos in wanted {
-                let (y, x) = ((pos >> shift) as usize, pos & mask as u32);
-                lo[y] = lo[y].min(x);
-                hi[y] = hi[y].max(x);
-            }
+            self.tables
+                .row_extents(&place, first_px, end_px, &mut lo, &mut hi);
+            let y0 = lo.iter().zip(&hi).position(|(l, h)| l <= h).unwrap_or(0);
+            let y1 = lo.iter().zip(&hi).rposition(|(l, h)| l <= h).unwrap_or(0);
             // The tile's pieces, their entries checked against the stripe as for a decode.
             let pieces = self.piece_spans(place.row, place.column, j)?;
             let filter = u64::from(place.column == 0);
             spans.clear();
-            let mut rows_len = 0usize;
-            for y in (0..side).filter(|&y| lo[y] <= hi[y]) {
+            for y in (y0..=y1).filter(|&y| lo[y] <= hi[y]) {
                 if !pieces[y].raw {
                     return Ok(false);
                 }
-                let len = 4 * (hi[y] - lo[y] + 1) as usize;
-                row_base[y] = rows_len.wrapping_sub(4 * lo[y] as usize);
                 spans.push((
-                    rows_len,
+                    (y - y0) * row_bytes + 4 * lo[y] as usize,
                     PieceSpan {
                         at: pieces[y].at + filter + 4 * u64::from(lo[y]),
-                        len: len as u64,
+                        len: 4 * u64::from(hi[y] - lo[y] + 1),
                         raw: true,
                     },
                 ));
-                rows_len += len;
             }
-            // Every byte of `rows` is read below before it is used.
-            rows.resize(rows_len, 0);
-            self.read_spans(&spans, &mut rows)?;
-            let pixel_of = |pos: u32| {
-                row_base[(pos >> shift) as usize].wrapping_add(4 * (pos & mask as u32) as usize)
-            };
-            // Whole pixels straight into `out`; a pixel cut by the range's ends byte by byte.
-            let dst = &mut out[(at - offset) as usize..(tile_end - offset) as usize];
-            let skip = ((at - tile_start) % 4) as usize;
-            let (head, body) = if skip == 0 {
-                (0, wanted)
-            } else {
-                let src = pixel_of(wanted[0]);
-                let n = (4 - skip).min(dst.len());
-                dst[..n].copy_from_slice(&rows[src + skip..src + skip + n]);
-                (n, &wanted[1..])
-            };
-            let mut chunks = dst[head..].chunks_exact_mut(4);
-            for (px, &pos) in (&mut chunks).zip(body) {
-                let src = pixel_of(pos);
-                px.copy_from_slice(&rows[src..src + 4]);
-            }
-            let tail = chunks.into_remainder();
-            if !tail.is_empty() {
-                let src = pixel_of(body[body.len() - 1]);
-                let n = tail.len();
-                tail.copy_from_slice(&rows[src..src + n]);
-            }
+            // The rows land where they lie in the band of the tile's rows y0..=y1 (~100 KiB
+            // for a 128 KiB segment), so the gather is the whole-tile one; only the bytes
+            // read are gathered.
+            band.resize((y1 + 1 - y0) * row_bytes, 0);
+            self.read_spans(&spans, band)?;
+            gather_tile_range(
+                self.tables.positions(&place),
+                band,
+                y0 * row_bytes,
+                (at - tile_start) as usize,
+                &mut out[(at - offset) as usize..(tile_end - offset) as usize],
+            );
             at = tile_end;
         }
         Ok(true)
@@ -772,7 +747,9 @@ mod tests {
             let (_dir, image, data) = IMAGE.get_or_init(|| random_image(45_000));
             let end = (start + len).min(data.len());
             let mut out = vec![0u8; end - start];
-            prop_assert!(image.read_raw_payload(start as u64, &mut out).unwrap());
+            prop_assert!(image
+                .read_raw_payload(start as u64, &mut out, &mut Vec::new())
+                .unwrap());
             prop_assert_eq!(&out[..], &data[start..end]);
         }
     }

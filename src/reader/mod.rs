@@ -549,7 +549,12 @@ impl Reader {
     /// otherwise through verified tiles.
     fn read_segment_bytes(&self, a: u64, out: &mut [u8]) -> Result<()> {
         let direct = match &*self.backend {
-            Backend::Seekable { image, .. } => image.read_raw_payload(a, out)?,
+            Backend::Seekable { image, .. } => {
+                let mut band = ScratchBuffer::take(&RAW_BANDS);
+                let direct = image.read_raw_payload(a, out, &mut band)?;
+                band.give_back();
+                direct
+            }
             _ => false,
         };
         if !direct {
@@ -1288,6 +1293,15 @@ static RUN_PIXELS: ScratchPool = ScratchPool {
     kept: Mutex::new(Vec::new()),
     keep: 2 << 20,
     count: 1,
+};
+
+/// The rows a small read's stream bytes lie on, as [`SeekableImage::read_raw_payload`] reads
+/// them: ~100 KiB for a 128 KiB segment at the default tile side. Two are kept (a miss used
+/// to zero a fresh one).
+static RAW_BANDS: ScratchPool = ScratchPool {
+    kept: Mutex::new(Vec::new()),
+    keep: 256 << 10,
+    count: 2,
 };
 
 impl ScratchBuffer {
