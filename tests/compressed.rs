@@ -85,6 +85,7 @@ fn reader(png: &Path) -> Reader {
     let opts = ReaderOptions {
         cache: TileCache::shared(64 << 20),
         checkpoint_dir: Some(png.parent().unwrap().join("checkpoints")),
+        disk_cache: None,
     };
     Reader::open(png, &opts).unwrap()
 }
@@ -294,6 +295,27 @@ fn corrupted_segment_fails_only_its_reads() {
     assert!(e.contains("bad.rts.png") && e.contains("segment 3"), "{e}");
 }
 
+/// Writes `png` to `to` with two bytes of each IDAT chunk's pixels flipped (a third and two
+/// thirds in); returns where.
+fn damage_pixels(png: &Path, to: &Path) -> Vec<usize> {
+    let mut bytes = fs::read(png).unwrap();
+    let mut at = 8;
+    let mut flipped = Vec::new();
+    while at + 12 <= bytes.len() {
+        let len = u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        if &bytes[at + 4..at + 8] == b"IDAT" {
+            flipped.push(at + 8 + len / 3);
+            flipped.push(at + 8 + 2 * len / 3);
+        }
+        at += 12 + len;
+    }
+    for &at in &flipped {
+        bytes[at] ^= 0x5a;
+    }
+    fs::write(to, &bytes).unwrap();
+    flipped
+}
+
 /// Bytes of the compressed stream come straight from raw pieces, checked only by the segment
 /// CRC: a damaged byte in the pixels fails the segments it lies in, with the file named, and
 /// every other segment still reads right.
@@ -302,25 +324,8 @@ fn damaged_pixels_fail_only_their_segments() {
     let dir = tempfile::tempdir().unwrap();
     let data = content(1_500_000, 5);
     let png = encode_compressed(dir.path(), "dmg", &data, 4096);
-    let mut bytes = fs::read(&png).unwrap();
-    let idat: Vec<usize> = {
-        let mut at = 8;
-        let mut found = Vec::new();
-        while at + 12 <= bytes.len() {
-            let len = u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
-            if &bytes[at + 4..at + 8] == b"IDAT" {
-                found.push(at + 8 + len / 3);
-                found.push(at + 8 + 2 * len / 3);
-            }
-            at += 12 + len;
-        }
-        found
-    };
-    for &at in &idat {
-        bytes[at] ^= 0x5a;
-    }
     let bad_png = dir.path().join("damaged.rts.png");
-    fs::write(&bad_png, &bytes).unwrap();
+    let idat = damage_pixels(&png, &bad_png);
     let r = reader(&bad_png);
     let (mut ok, mut bad) = (0, 0);
     for s in 0..data.len().div_ceil(4096) {
@@ -487,4 +492,92 @@ fn whole_segments_go_straight_to_the_read_and_partial_ones_are_cached() {
     let last = (data.len() - 1) / seg * seg;
     read(last, data.len() - last);
     read(last - 10, data.len() - last + 10);
+}
+
+/// `-o disk_cache`: the segments small reads inflate are kept on disk, and a later reader (a
+/// new mount, an empty memory cache) is served from there — each copy checked against the
+/// open image's segment CRC-32, so a damaged copy is decoded from the PNG again (and
+/// rewritten), never served.
+#[test]
+fn a_disk_cache_serves_later_readers_and_never_a_damaged_copy() {
+    use pixelrts::reader::disk_cache::DiskCache;
+    use std::os::unix::fs::{FileExt, MetadataExt};
+    let dir = tempfile::tempdir().unwrap();
+    let data = content(1_500_000, 9);
+    let png = encode_compressed(dir.path(), "dc", &data, 4096);
+    let cache_dir = dir.path().join("segments");
+    let disk = DiskCache::open(&cache_dir, 1 << 30).unwrap();
+    let open = |png: &Path| {
+        let opts = ReaderOptions {
+            cache: TileCache::shared(64 << 20),
+            checkpoint_dir: None,
+            disk_cache: Some(disk.clone()),
+        };
+        Reader::open(png, &opts).unwrap()
+    };
+    let segments = data.len().div_ceil(4096);
+    let read_each = |r: &Reader, len: usize| -> Vec<pixelrts::Result<Vec<u8>>> {
+        (0..segments)
+            .map(|s| {
+                let mut buf = vec![0u8; len];
+                r.read_at((s * 4096 + 4096 - len) as u64, &mut buf)
+                    .map(|n| buf[..n].to_vec())
+            })
+            .collect()
+    };
+    let want = |s: usize, len: usize| {
+        let a = (s * 4096 + 4096 - len).min(data.len());
+        data[a..(a + len).min(data.len())].to_vec()
+    };
+
+    // Small reads of every segment fill one sparse file.
+    for (s, got) in read_each(&open(&png), 100).into_iter().enumerate() {
+        assert_eq!(got.unwrap(), want(s, 100), "segment {s}");
+    }
+    let files: Vec<_> = fs::read_dir(&cache_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let on_disk = fs::metadata(&files[0]).unwrap().blocks() * 512;
+    assert!(on_disk >= data.len() as u64 / 2, "{on_disk} bytes on disk");
+
+    // The same image with damaged pixels: without the disk cache some segments fail; with
+    // it every one reads right, in part and whole.
+    let bad = dir.path().join("damaged.rts.png");
+    damage_pixels(&png, &bad);
+    let failed = read_each(&reader(&bad), 4096)
+        .iter()
+        .filter(|r| r.is_err())
+        .count();
+    assert!(failed >= 1, "the damage fails some segments");
+    let through_disk = open(&bad);
+    for len in [100, 4096] {
+        for (s, got) in read_each(&through_disk, len).into_iter().enumerate() {
+            assert_eq!(got.unwrap(), want(s, len), "segment {s}, {len} bytes");
+        }
+    }
+
+    // A damaged copy on disk is not served: the intact image decodes it again, and the copy
+    // is rewritten.
+    let seg_file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&files[0])
+        .unwrap();
+    seg_file.write_all_at(&[0xff; 16], 3 * 4096 + 10).unwrap();
+    for (s, got) in read_each(&open(&png), 100).into_iter().enumerate() {
+        assert_eq!(got.unwrap(), want(s, 100), "segment {s}");
+    }
+    let mut copy = vec![0u8; 4096];
+    seg_file.read_exact_at(&mut copy, 3 * 4096).unwrap();
+    assert!(
+        copy == data[3 * 4096..4 * 4096],
+        "the damaged copy was rewritten"
+    );
+    // Through the damaged image, that segment comes from disk again.
+    let through_disk = open(&bad);
+    for (s, got) in read_each(&through_disk, 4096).into_iter().enumerate() {
+        assert_eq!(got.unwrap(), want(s, 4096), "segment {s}");
+    }
 }

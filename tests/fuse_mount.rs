@@ -2214,3 +2214,75 @@ fn under_systemd_the_mount_logs_structured_records_to_the_journal() {
     let text = std::fs::read_to_string(&stderr_path).unwrap();
     assert!(!text.contains("mounted"), "{text}");
 }
+
+/// `-o disk_cache=DIR`: small reads of a compressed image through the mount leave its decoded
+/// segments in DIR (a private folder, created); after a remount the same reads match the
+/// original, and a folder others may write is refused with a clear error.
+#[test]
+fn disk_cache_keeps_segments_across_mounts_and_refuses_a_shared_folder() {
+    use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
+    let m = Mounted::unmounted();
+    let data = text_with_random_stretches(3 << 20, 41);
+    encode_into(&data, &m.src.join("t.bin.rts.png"), &["--compress", "zlib"]);
+    let cache = m._tmp.path().join("segcache");
+    let opt = format!("disk_cache={},ro", cache.display());
+    let small_reads = |m: &Mounted| {
+        let f = std::fs::File::open(m.path("t.bin")).unwrap();
+        for k in 0..40u64 {
+            let at = (k * 77_777) % (data.len() as u64 - 512);
+            let mut buf = [0u8; 512];
+            f.read_exact_at(&mut buf, at).unwrap();
+            assert!(buf[..] == data[at as usize..at as usize + 512], "at {at}");
+        }
+    };
+    m.mount_ok(&[&opt]);
+    small_reads(&m);
+    m.unmount();
+    let mode = std::fs::metadata(&cache).unwrap().mode() & 0o777;
+    assert_eq!(mode, 0o700, "the folder is private");
+    let files: Vec<_> = std::fs::read_dir(&cache).unwrap().flatten().collect();
+    assert_eq!(files.len(), 1, "one segment file");
+    assert!(
+        files[0].metadata().unwrap().blocks() > 0,
+        "segments were written"
+    );
+    // Damage the image's pixels all over (its index and metadata stay intact): read through
+    // the mount alone, some of those reads fail now; with the disk cache every one is served
+    // the copy the first mount left, checked against the image's segment CRCs.
+    let png = m.src.join("t.bin.rts.png");
+    let mut bytes = std::fs::read(&png).unwrap();
+    let mut at = 8;
+    while at + 12 <= bytes.len() {
+        let len = u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        if &bytes[at + 4..at + 8] == b"IDAT" {
+            for x in (at + 8 + 100..at + 8 + len).step_by(20_000) {
+                bytes[x] ^= 0x5a;
+            }
+        }
+        at += 12 + len;
+    }
+    std::fs::write(&png, &bytes).unwrap();
+    m.mount_ok(&["ro"]);
+    let f = std::fs::File::open(m.path("t.bin")).unwrap();
+    let failed = (0..40u64)
+        .filter(|k| {
+            let at = (k * 77_777) % (data.len() as u64 - 512);
+            f.read_exact_at(&mut [0u8; 512], at).is_err()
+        })
+        .count();
+    drop(f);
+    assert!(failed > 0, "the damage fails reads without the disk cache");
+    m.unmount();
+    m.mount_ok(&[&opt]);
+    small_reads(&m);
+    m.unmount();
+
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = m.mount(&[&opt]);
+    assert_clean_failure(
+        &out,
+        "shared disk_cache",
+        "segcache",
+        &["writable by others"],
+    );
+}

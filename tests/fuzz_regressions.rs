@@ -28,6 +28,7 @@ fn decode_and_reader(png: &Path) -> Result<Option<Vec<u8>>, String> {
         &ReaderOptions {
             cache: Arc::new(TileCache::new(1 << 20)),
             checkpoint_dir: Some(scratch.path().to_path_buf()),
+            disk_cache: None,
         },
     );
     let read = reader.and_then(|r| {

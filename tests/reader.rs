@@ -180,6 +180,7 @@ fn readers() -> &'static Vec<(usize, Reader)> {
                 let opts = ReaderOptions {
                     cache: shared_cache(),
                     checkpoint_dir: Some(f.ckpt.clone()),
+                    disk_cache: None,
                 };
                 let r = Reader::open(&c.path, &opts).unwrap_or_else(|e| panic!("{}: {e}", c.name));
                 (i, r)
@@ -292,6 +293,7 @@ fn eight_threads_share_one_reader() {
                 &ReaderOptions {
                     cache: Arc::new(TileCache::new(4 << 20)),
                     checkpoint_dir: Some(f.ckpt.clone()),
+                    disk_cache: None,
                 },
             )
             .unwrap(),
@@ -326,6 +328,7 @@ fn cache_counts_hits_and_bytes_served() {
         &ReaderOptions {
             cache: cache.clone(),
             checkpoint_dir: None,
+            disk_cache: None,
         },
     )
     .unwrap();
@@ -349,6 +352,7 @@ fn cache_counts_hits_and_bytes_served() {
         &ReaderOptions {
             cache: small.clone(),
             checkpoint_dir: None,
+            disk_cache: None,
         },
     )
     .unwrap();
@@ -390,6 +394,7 @@ fn private_reader(path: &Path) -> pixelrts::Result<Reader> {
         &ReaderOptions {
             cache: Arc::new(TileCache::default()),
             checkpoint_dir: None,
+            disk_cache: None,
         },
     )
 }
@@ -502,6 +507,7 @@ fn truncated_file_is_an_error() {
             let opts = ReaderOptions {
                 cache: Arc::new(TileCache::default()),
                 checkpoint_dir: Some(dir.path().join("ckpt")),
+                disk_cache: None,
             };
             if let Ok(r) = Reader::open(&p, &opts) {
                 let mut all = vec![0u8; case.data.len()];
@@ -540,6 +546,7 @@ fn stale_checkpoint_cache_is_rebuilt() {
     let opts = ReaderOptions {
         cache: cache.clone(),
         checkpoint_dir: Some(ckpt.clone()),
+        disk_cache: None,
     };
     let r = Reader::open(&path, &opts).unwrap();
     let mut all = vec![0u8; e.data.len()];
@@ -587,6 +594,7 @@ fn compressed_or_missing_files_error_with_their_name() {
     let opts = ReaderOptions {
         cache: cache.clone(),
         checkpoint_dir: None,
+        disk_cache: None,
     };
     let a = Reader::open(&case.path, &opts).unwrap();
     let b = Reader::open(&case.path, &opts).unwrap();
@@ -671,6 +679,7 @@ fn small_tile_reader() -> (&'static Case, Arc<TileCache>, Reader) {
         &ReaderOptions {
             cache: cache.clone(),
             checkpoint_dir: None,
+            disk_cache: None,
         },
     )
     .unwrap();
@@ -746,6 +755,7 @@ fn no_read_ahead_into_a_cache_too_small_to_keep_it() {
         &ReaderOptions {
             cache: cache.clone(),
             checkpoint_dir: None,
+            disk_cache: None,
         },
     )
     .unwrap();

@@ -89,6 +89,7 @@ fn check_random_reads(png: &Path, data: &[u8], checkpoints: &Path) {
         png,
         &ReaderOptions {
             checkpoint_dir: Some(checkpoints.to_path_buf()),
+            disk_cache: None,
             ..Default::default()
         },
     )

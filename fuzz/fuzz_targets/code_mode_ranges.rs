@@ -33,6 +33,7 @@ fuzz_target!(|data: &[u8]| {
         &ReaderOptions {
             cache: Arc::new(TileCache::new(1 << 20)),
             checkpoint_dir: None,
+            disk_cache: None,
         },
     )
     .expect("open what was just encoded");

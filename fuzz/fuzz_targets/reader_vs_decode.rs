@@ -15,6 +15,7 @@ fuzz_target!(|data: &[u8]| {
     let opts = ReaderOptions {
         cache: Arc::new(TileCache::new(1 << 20)),
         checkpoint_dir: Some(pixelrts_fuzz::scratch_dir().join("ckpt")),
+        disk_cache: None,
     };
     let Ok(reader) = Reader::open(&path, &opts) else {
         return;

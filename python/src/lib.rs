@@ -193,6 +193,7 @@ impl Reader {
         let opts = ReaderOptions {
             cache: shared_cache(),
             checkpoint_dir: None,
+            disk_cache: None,
         };
         let inner = py
             .detach(|| CoreReader::open(&path, &opts))

@@ -306,6 +306,7 @@ fn decode_through_reader(
         // Room for the read-ahead of the tiles under the segments, not for the whole file.
         cache: crate::cache::TileCache::shared(96 << 20),
         checkpoint_dir: None,
+        disk_cache: None,
     };
     // The same open file, not the path again: a file renamed over since is not mixed in.
     let same = Container::from_file(c.file.try_clone().at(&c.path)?, &c.path)?;

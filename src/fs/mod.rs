@@ -99,6 +99,10 @@ pub struct MountOptions {
     pub cache_size: u64,
     /// `spool=PATH` (default `SOURCE/.pixelrts-spool`).
     pub spool: Option<PathBuf>,
+    /// `disk_cache=DIR`: decoded compressed segments kept on disk between mounts.
+    pub disk_cache: Option<PathBuf>,
+    /// `disk_cache_size=SIZE`: the most disk those take.
+    pub disk_cache_size: u64,
     /// `threads=N`: FUSE worker threads (default 4), also the encoder's threads when set.
     pub threads: Option<usize>,
     /// `gpu=auto|on|off`, for encoding.
@@ -124,6 +128,8 @@ impl Default for MountOptions {
             encode_dir: DEFAULT_ENCODE_DIR.to_string(),
             cache_size: crate::cache::DEFAULT_BUDGET,
             spool: None,
+            disk_cache: None,
+            disk_cache_size: crate::reader::disk_cache::DEFAULT_DISK_BUDGET,
             threads: None,
             gpu: GpuMode::Auto,
             compress: Default::default(),
@@ -144,6 +150,8 @@ pub const OPTION_DOCS: &[(&str, &str)] = &[
     ("default_permissions", "Let the kernel check permissions against the files' modes."),
     ("encode_dir=NAME", "Name of the folder whose files are encoded into SOURCE when closed (default encode)."),
     ("cache_size=SIZE", "Decoded bytes kept in memory, with a K, M or G suffix (default 256M)."),
+    ("disk_cache=DIR", "Keep decoded compressed segments in DIR (created 0700; must be yours and writable by nobody else) for later reads and mounts: a cold small read then costs one disk read instead of ~100 plus an inflate. Off by default."),
+    ("disk_cache_size=SIZE", "Most disk the disk_cache files take, with a K, M or G suffix (default 4G); the least recently written go first."),
     ("spool=PATH", "Where files written into the encode folder are held until encoded (default SOURCE/.pixelrts-spool)."),
     ("threads=N", "Threads serving FUSE requests (default 4, at most 256)."),
     ("gpu=auto|on|off", "GPU use for encodes: auto (only where present and measured to win), on (fail to mount without a usable GPU), off."),
@@ -282,6 +290,15 @@ impl MountOptions {
                 self.cache_size = parse_size(&v).map_err(|e| opt_err(opt, e))?
             }
             "spool" => self.spool = Some(PathBuf::from(need(value)?)),
+            "disk_cache" => {
+                let v = need(value)?;
+                let dir = std::path::absolute(&v).map_err(|e| opt_err(opt, e.to_string()))?;
+                self.disk_cache = Some(dir)
+            }
+            "disk_cache_size" => {
+                let v = need(value)?;
+                self.disk_cache_size = parse_size(&v).map_err(|e| opt_err(opt, e))?
+            }
             "threads" => {
                 let v = need(value)?;
                 let n: usize = v
@@ -589,6 +606,13 @@ pub fn mount(
     let checked = validate(source, mountpoint, opts)?;
     crate::io_util::bound_heap_retention();
     let cache: Arc<TileCache> = TileCache::shared(opts.cache_size);
+    let disk_cache = match &opts.disk_cache {
+        Some(dir) => Some(
+            crate::reader::disk_cache::DiskCache::open(dir, opts.disk_cache_size)
+                .map_err(|e| opt_err("disk_cache", format!("{}: {e}", dir.display())))?,
+        ),
+        None => None,
+    };
     let mut hidden_paths = Vec::new();
     if let Some(s) = &checked.spool {
         hidden_paths.push(s.clone());
@@ -599,6 +623,7 @@ pub fn mount(
             reader: ReaderOptions {
                 cache,
                 checkpoint_dir: None,
+                disk_cache,
             },
             reserved_root_name: (!opts.read_only).then(|| OsString::from(&opts.encode_dir)),
             hidden_paths,
@@ -825,7 +850,7 @@ mod tests {
                 let sample = match name.split_once('=') {
                     None => name.to_string(),
                     Some((n, "*")) => format!("{n}=x"),
-                    Some(("cache_size" | "max_read", _)) => {
+                    Some(("cache_size" | "max_read" | "disk_cache_size", _)) => {
                         format!("{}=64K", &name[..name.find('=').unwrap()])
                     }
                     Some(("threads", _)) => "threads=2".into(),
@@ -836,6 +861,7 @@ mod tests {
                             .unwrap()
                             .replace("NAME", "x")
                             .replace("PATH", "/tmp/x")
+                            .replace("DIR", "/tmp/x")
                     ),
                 };
                 let sample = sample.replace(".*", ".automount");

@@ -144,6 +144,7 @@ pub fn run(path: &Path, opts: &BenchOptions) -> Result<BenchReport> {
             &ReaderOptions {
                 cache,
                 checkpoint_dir: opts.checkpoint_dir.clone(),
+                disk_cache: None,
             },
         )
     };

@@ -32,6 +32,7 @@
 
 pub mod bench;
 pub mod checkpoint;
+pub mod disk_cache;
 mod inflate;
 mod unfilter;
 
@@ -108,6 +109,8 @@ pub struct ReaderOptions {
     /// Where checkpoint indexes of plain PNGs are cached
     /// (default: [`checkpoint::default_cache_dir`]).
     pub checkpoint_dir: Option<PathBuf>,
+    /// Where decoded compressed segments are kept between mounts (none by default).
+    pub disk_cache: Option<Arc<disk_cache::DiskCache>>,
 }
 
 impl Default for ReaderOptions {
@@ -115,6 +118,7 @@ impl Default for ReaderOptions {
         ReaderOptions {
             cache: Arc::new(TileCache::default()),
             checkpoint_dir: None,
+            disk_cache: None,
         }
     }
 }
@@ -157,6 +161,8 @@ pub struct Reader {
     /// Sequential payload bytes so far, and whether the PNG is being warmed
     /// ([`Reader::warm_png`]).
     warm: Arc<WarmState>,
+    /// This image's decoded segments on disk ([`ReaderOptions::disk_cache`]).
+    disk: Option<Arc<disk_cache::SegmentFile>>,
 }
 
 #[derive(Debug, Default)]
@@ -341,7 +347,14 @@ impl Reader {
                 format!("compression is set but encoded_size is 0 for {len} bytes of data"),
             ));
         }
+        let disk = match (&layer, &opts.disk_cache, &md.data_hash) {
+            (Layer::Segments(index), Some(cache), Some(hash)) => {
+                cache.segments(hash, index.segment_size, len).map(Arc::new)
+            }
+            _ => None,
+        };
         Ok(Reader {
+            disk,
             path: path.to_path_buf(),
             len,
             payload_len: md.pixel_payload_size,
@@ -461,7 +474,8 @@ impl Reader {
         offset: u64,
         buf: &mut [u8],
     ) -> Result<()> {
-        let end = offset + buf.len() as u64;
+        let buf_len = buf.len() as u64;
+        let end = offset + buf_len;
         let first = index.segment_of(offset);
         let last = index.segment_of(end - 1);
         // Each segment's share of `buf`, and the segment when the cache holds it.
@@ -480,14 +494,34 @@ impl Reader {
                 whole,
                 cached,
                 share,
+                done: false,
             });
         }
+        // Segments on disk ([`ReaderOptions::disk_cache`]), before any stream bytes are
+        // fetched for the rest: whole ones straight into `buf`, others into the memory cache.
+        if let Some(disk) = &self.disk {
+            for part in parts.iter_mut().filter(|p| p.cached.is_none()) {
+                let (x, _) = index.original_range(part.s);
+                let crc = index.crcs[part.s as usize];
+                if part.whole {
+                    part.done = disk.read(x, part.share, crc);
+                } else {
+                    part.cached = self.segment_from_disk(disk, index, part.s);
+                }
+            }
+        }
+        // A small read's segments go to the disk cache once inflated; a large (sequential)
+        // read's would copy the whole file there.
+        let small = buf_len <= 2 * u64::from(index.segment_size);
         // Several segments to inflate: their stream bytes are one range, fetched at once —
         // for a large read through whole tiles (one read per scanline for adjacent tiles,
         // decoded in parallel, sequential read-ahead and warming), for a small one straddling
         // a boundary straight from the raw pieces, as a lone segment's are (whole tiles would
         // read and check up to 8 times the bytes it needs).
-        let mut missing = parts.iter().filter(|p| p.cached.is_none()).map(|p| p.s);
+        let mut missing = parts
+            .iter()
+            .filter(|p| p.cached.is_none() && !p.done)
+            .map(|p| p.s);
         // The first and the last missing segment; `m1` is None when only one is missing.
         let (m0, m1) = (missing.next(), missing.next_back());
         let mut coded = Vec::new();
@@ -518,8 +552,13 @@ impl Reader {
         let serve = |part: SegmentPart<'_>| -> Result<()> {
             let seg = match part.cached {
                 Some(seg) => seg,
+                None if part.done => return Ok(()),
                 None if part.whole => {
-                    return self.inflate_segment(index, part.s, fetched, part.share)
+                    self.inflate_segment(index, part.s, fetched, part.share)?;
+                    if let Some(disk) = self.disk.as_ref().filter(|_| small) {
+                        disk.write(index.original_range(part.s).0, part.share);
+                    }
+                    return Ok(());
                 }
                 None => {
                     // A small read's miss counts toward warming the PNG.
@@ -603,8 +642,32 @@ impl Reader {
         let mut out = self.cache.buffer((y - x) as usize);
         let buf = Arc::get_mut(&mut out).expect("a fresh cache buffer is not shared");
         self.inflate_segment(index, s, fetched, buf)?;
+        if let Some(disk) = &self.disk {
+            disk.write(x, buf);
+        }
         self.cache.insert(key, out.clone());
         Ok(out)
+    }
+
+    /// Segment `s` from the disk cache into the memory cache, when the disk holds it intact.
+    fn segment_from_disk(
+        &self,
+        disk: &disk_cache::SegmentFile,
+        index: &crate::format::zindex::SegmentIndex,
+        s: u64,
+    ) -> Option<Arc<[u8]>> {
+        let (x, y) = index.original_range(s);
+        if !disk.holds(x) {
+            return None;
+        }
+        let mut seg = self.cache.buffer((y - x) as usize);
+        let buf = Arc::get_mut(&mut seg).expect("a fresh cache buffer is not shared");
+        if !disk.read(x, buf, index.crcs[s as usize]) {
+            return None;
+        }
+        self.cache
+            .insert(self.tile_key(SEGMENT_KEY_BIT | s), seg.clone());
+        Some(seg)
     }
 
     /// Inflates segment `s` into `out` (exactly its size) and checks its CRC-32. Its stream
@@ -962,6 +1025,7 @@ impl Reader {
             next_end_slot: AtomicUsize::new(0),
             reading_ahead: self.reading_ahead.clone(),
             warm: self.warm.clone(),
+            disk: self.disk.clone(),
         }
     }
 
@@ -1264,6 +1328,8 @@ struct SegmentPart<'a> {
     whole: bool,
     cached: Option<Arc<[u8]>>,
     share: &'a mut [u8],
+    /// `share` was filled already (from the disk cache).
+    done: bool,
 }
 
 /// A byte buffer kept between uses, so that a decode's working bytes land in memory already
