@@ -11,9 +11,10 @@
 #                read file contents when the archive is /dev/null: this is the inodes and
 #                directories, small reads all over the image, not the files' data.
 #   loop tar data  the same with the archive piped to `cat` (cold): the files' contents too
-# Our mount is measured three times: as it comes, then with `-o disk_cache=DIR` on an empty DIR
-# (`pixelrts-disk`: what the first use costs while the small reads' segments are written
-# there), then again with what that run left in DIR (`pixelrts-disk-again`: every later mount).
+# Our mount is measured three times: as it comes; with `-o disk_cache=DIR`, DIR emptied before
+# each measurement (`pixelrts-disk`: the first use, which writes the segments it decodes
+# there); and with DIR holding what one earlier run of the same measurement left
+# (`pixelrts-disk-again`: every later mount).
 # One run, one table per file; ratios matter, these machines are shared and noisy.
 #
 #   scripts/bench-read.sh FILE...      (as root: drop_caches, losetup, mount)
@@ -83,6 +84,21 @@ p = j["clat_ns"]["percentile"]
 print("%.0f %.0f %.0f" % (j["iops"], p["50.000000"] / 1000, p["99.000000"] / 1000))'
 }
 
+# cache_for WAY STEP: before a measurement, empties the disk cache of the disk_cache ways and,
+# for pixelrts-disk-again, fills it by running STEP (a function of $SERVED) once first.
+cache_for() {
+    case "$1" in
+    pixelrts-disk) rm -rf "$WORK/disk-cache" ;;
+    pixelrts-disk-again)
+        rm -rf "$WORK/disk-cache"
+        drop; mount_way "$1"; "$2" >/dev/null; unmount_way "$1" ;;
+    esac
+}
+step_cp() { cat "$SERVED" >/dev/null; }
+step_fio() { fio_run; }
+step_tar() { loop_tar "$SERVED"; }
+step_tar_data() { loop_tar "$SERVED" data; }
+
 CACHE=${BENCH_READ_CACHE:-}
 for f in "$@"; do
     NAME=$(basename "$f")
@@ -117,21 +133,25 @@ for f in "$@"; do
     printf '|---|---|---|---|---|---|---|---|---|\n'
     for way in pixelrts pixelrts-disk pixelrts-disk-again sqfs-zstd sqfs-gzip kernel-zstd; do
         # cp: cold from a fresh mount and a dropped page cache, then warm.
+        cache_for "$way" step_cp
         drop; mount_way "$way"
-        t0=$(now); cat "$SERVED" >/dev/null; t1=$(now); cp_cold=$(secs "$t0" "$t1")
-        t0=$(now); cat "$SERVED" >/dev/null; t1=$(now); cp_warm=$(secs "$t0" "$t1")
+        t0=$(now); step_cp; t1=$(now); cp_cold=$(secs "$t0" "$t1")
+        t0=$(now); step_cp; t1=$(now); cp_warm=$(secs "$t0" "$t1")
         unmount_way "$way"
+        cache_for "$way" step_fio
         drop; mount_way "$way"
-        read -r iops p50 p99 < <(fio_run)
+        read -r iops p50 p99 < <(step_fio)
         unmount_way "$way"
         tar_cold=- tar_warm=- tar_data=-
         if [ "$is_ext4" = yes ]; then
+            cache_for "$way" step_tar
             drop; mount_way "$way"
-            tar_cold=$(loop_tar "$SERVED")
-            tar_warm=$(loop_tar "$SERVED")
+            tar_cold=$(step_tar)
+            tar_warm=$(step_tar)
             unmount_way "$way"
+            cache_for "$way" step_tar_data
             drop; mount_way "$way"
-            tar_data=$(loop_tar "$SERVED" data)
+            tar_data=$(step_tar_data)
             unmount_way "$way"
         fi
         printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' \

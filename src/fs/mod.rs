@@ -150,7 +150,7 @@ pub const OPTION_DOCS: &[(&str, &str)] = &[
     ("default_permissions", "Let the kernel check permissions against the files' modes."),
     ("encode_dir=NAME", "Name of the folder whose files are encoded into SOURCE when closed (default encode)."),
     ("cache_size=SIZE", "Decoded bytes kept in memory, with a K, M or G suffix (default 256M)."),
-    ("disk_cache=DIR", "Keep decoded compressed segments in DIR (created 0700; must be yours and writable by nobody else) for later reads and mounts: a cold small read then costs one disk read instead of ~100 plus an inflate. Off by default."),
+    ("disk_cache=DIR", "Keep the compressed segments reads decode in DIR (created 0700; must be yours and writable by nobody else) for later reads and mounts: a cold read of one then costs one disk read instead of ~100 plus an inflate. Off by default."),
     ("disk_cache_size=SIZE", "Most disk the disk_cache files take, with a K, M or G suffix (default 4G); the least recently written go first."),
     ("spool=PATH", "Where files written into the encode folder are held until encoded (default SOURCE/.pixelrts-spool)."),
     ("threads=N", "Threads serving FUSE requests (default 4, at most 256)."),

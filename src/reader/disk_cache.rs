@@ -2,7 +2,7 @@
 //!
 //! Cold, a compressed segment costs ~100 small reads of the PNG (its stream bytes lie on that
 //! many scanlines) plus an inflate; from this cache it costs one read of its decoded bytes and
-//! a CRC-32. Each image's segments live in one sparse file named after its `data_hash` and
+//! a CRC-32. Every segment a reader inflates is written here (a `cp` leaves the whole file). Each image's segments live in one sparse file named after its `data_hash` and
 //! segment size, segment `s` at its own original offset, so a segment never written is a hole
 //! and nothing but the file itself records what is there.
 //!

@@ -474,8 +474,7 @@ impl Reader {
         offset: u64,
         buf: &mut [u8],
     ) -> Result<()> {
-        let buf_len = buf.len() as u64;
-        let end = offset + buf_len;
+        let end = offset + buf.len() as u64;
         let first = index.segment_of(offset);
         let last = index.segment_of(end - 1);
         // Each segment's share of `buf`, and the segment when the cache holds it.
@@ -510,9 +509,6 @@ impl Reader {
                 }
             }
         }
-        // A small read's segments go to the disk cache once inflated; a large (sequential)
-        // read's would copy the whole file there.
-        let small = buf_len <= 2 * u64::from(index.segment_size);
         // Several segments to inflate: their stream bytes are one range, fetched at once —
         // for a large read through whole tiles (one read per scanline for adjacent tiles,
         // decoded in parallel, sequential read-ahead and warming), for a small one straddling
@@ -555,7 +551,7 @@ impl Reader {
                 None if part.done => return Ok(()),
                 None if part.whole => {
                     self.inflate_segment(index, part.s, fetched, part.share)?;
-                    if let Some(disk) = self.disk.as_ref().filter(|_| small) {
+                    if let Some(disk) = &self.disk {
                         disk.write(index.original_range(part.s).0, part.share);
                     }
                     return Ok(());
