@@ -125,6 +125,7 @@ impl DiskCache {
                 path,
                 cache: self.clone(),
                 writable: AtomicBool::new(true),
+                since_check: AtomicU64::new(0),
             }),
             Err(e) => {
                 tracing::warn!("{}: segment cache not used: {e}", path.display());
@@ -185,6 +186,8 @@ pub struct SegmentFile {
     /// Cleared once a write fails (a full disk) or the file was removed for the budget:
     /// reads go on, writes stop.
     writable: AtomicBool,
+    /// Bytes written since this file last checked that it is still in the folder.
+    since_check: AtomicU64,
 }
 
 impl SegmentFile {
@@ -214,11 +217,15 @@ impl SegmentFile {
             self.writable.store(false, Ordering::Relaxed);
             return;
         }
-        self.cache.wrote(bytes.len() as u64);
-        // Removed for the budget while open: what it gets now would be invisible to the
-        // budget, and lost at close.
-        if self.file.metadata().is_ok_and(|m| m.nlink() == 0) {
-            self.writable.store(false, Ordering::Relaxed);
+        let n = bytes.len() as u64;
+        self.cache.wrote(n);
+        // Removed for the budget while open (checked now and then, not per write): what it
+        // gets then would be invisible to the budget, and lost at close.
+        if self.since_check.fetch_add(n, Ordering::Relaxed) + n >= CHECK_EVERY {
+            self.since_check.store(0, Ordering::Relaxed);
+            if self.file.metadata().is_ok_and(|m| m.nlink() == 0) {
+                self.writable.store(false, Ordering::Relaxed);
+            }
         }
     }
 }
