@@ -323,9 +323,11 @@ impl Filesystem for PixelFs {
                 }
                 match reader.read_at(offset, &mut buf[..want]) {
                     Ok(n) => {
-                        reply.data(&buf[..n]);
+                        // Counted before the reply: once a program has its bytes, the mount's
+                        // statistics include them (a test read them right after a `cat`).
                         let took = started.elapsed();
                         self.stats.read_done(n, took);
+                        reply.data(&buf[..n]);
                         // The request pattern (PIXELRTS_LOG=pixelrts=trace), for tuning.
                         tracing::trace!(
                             ino = ino.0,
@@ -338,8 +340,8 @@ impl Filesystem for PixelFs {
                     // Never wrong bytes: any reader error is EIO (or its own errno), logged
                     // with the PNG's name.
                     Err(e) => {
-                        reply.error(self.fail("read", reader.path(), &e));
                         self.stats.read_done(0, started.elapsed());
+                        reply.error(self.fail("read", reader.path(), &e));
                     }
                 }
             });
