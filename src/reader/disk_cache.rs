@@ -2,13 +2,14 @@
 //!
 //! Cold, a compressed segment costs ~100 small reads of the PNG (its stream bytes lie on that
 //! many scanlines) plus an inflate; from this cache it costs one read of its decoded bytes and
-//! a CRC-32. Every segment a reader inflates is written here (a `cp` leaves the whole file). Each image's segments live in one sparse file named after its `data_hash` and
-//! segment size, segment `s` at its own original offset, so a segment never written is a hole
-//! and nothing but the file itself records what is there.
+//! a CRC-32. Every segment a reader inflates is written here (a `cp` leaves the whole file).
+//! Each image's segments live in one sparse file named after its `data_hash` and segment
+//! size, segment `s` at its own original offset, so a segment never written is a hole and
+//! nothing but the file itself records what is there.
 //!
 //! Nothing read from here is served unchecked: the bytes must match the segment's CRC-32 from
-//! the open image's index, else they count as absent (a hole, a torn write, a file of another
-//! image with the same name) and the segment is decoded from the PNG and written again. A
+//! the open image's index, else they count as absent (a hole, a torn write, a damaged copy)
+//! and the segment is decoded from the PNG and written again. A
 //! CRC-32 stops accidents, not forgers, so the folder must be private: owned by the user that
 //! mounts, writable by nobody else (checked at open).
 //!
