@@ -493,20 +493,20 @@ impl Reader {
                 whole,
                 cached,
                 share,
-                done: false,
+                on_disk: false,
             });
         }
-        // Segments on disk ([`ReaderOptions::disk_cache`]), before any stream bytes are
-        // fetched for the rest: whole ones straight into `buf`, others into the memory cache.
+        // Segments on disk ([`ReaderOptions::disk_cache`]) need no stream bytes: whole ones
+        // are read straight into `buf` here; others are read by `missing_segment`, once
+        // however many threads want them.
         if let Some(disk) = &self.disk {
             for part in parts.iter_mut().filter(|p| p.cached.is_none()) {
                 let (x, _) = index.original_range(part.s);
-                let crc = index.crcs[part.s as usize];
-                if part.whole {
-                    part.done = disk.read(x, part.share, crc);
+                part.on_disk = if part.whole {
+                    disk.read(x, part.share, index.crcs[part.s as usize])
                 } else {
-                    part.cached = self.segment_from_disk(disk, index, part.s);
-                }
+                    disk.holds(x)
+                };
             }
         }
         // Several segments to inflate: their stream bytes are one range, fetched at once —
@@ -516,7 +516,7 @@ impl Reader {
         // read and check up to 8 times the bytes it needs).
         let mut missing = parts
             .iter()
-            .filter(|p| p.cached.is_none() && !p.done)
+            .filter(|p| p.cached.is_none() && !p.on_disk)
             .map(|p| p.s);
         // The first and the last missing segment; `m1` is None when only one is missing.
         let (m0, m1) = (missing.next(), missing.next_back());
@@ -548,7 +548,7 @@ impl Reader {
         let serve = |part: SegmentPart<'_>| -> Result<()> {
             let seg = match part.cached {
                 Some(seg) => seg,
-                None if part.done => return Ok(()),
+                None if part.whole && part.on_disk => return Ok(()),
                 None if part.whole => {
                     self.inflate_segment(index, part.s, fetched, part.share)?;
                     if let Some(disk) = &self.disk {
@@ -556,15 +556,7 @@ impl Reader {
                     }
                     return Ok(());
                 }
-                None => {
-                    // A small read's miss counts toward warming the PNG.
-                    self.count_toward_warming(
-                        &self.warm.segment_misses,
-                        1,
-                        WARM_AFTER_SEGMENT_MISSES,
-                    );
-                    self.missing_segment(index, part.s, fetched)?
-                }
+                None => self.missing_segment(index, part.s, fetched)?,
             };
             part.share
                 .copy_from_slice(&seg[part.skip..part.skip + part.share.len()]);
@@ -609,7 +601,8 @@ impl Reader {
 
     /// Segment `s`, which the cache did not hold, decoded once: a thread that finds another
     /// decoding it waits (except on a rayon worker, which decodes it again rather than block;
-    /// see `tiles`). `fetched` is stream bytes already read, `(payload offset, bytes)`, used
+    /// see `tiles`). From the disk cache when it holds an intact copy, else inflated (and
+    /// written there). `fetched` is stream bytes already read, `(payload offset, bytes)`, used
     /// when they cover the segment.
     fn missing_segment(
         &self,
@@ -637,33 +630,17 @@ impl Reader {
         let (x, y) = index.original_range(s);
         let mut out = self.cache.buffer((y - x) as usize);
         let buf = Arc::get_mut(&mut out).expect("a fresh cache buffer is not shared");
-        self.inflate_segment(index, s, fetched, buf)?;
-        if let Some(disk) = &self.disk {
-            disk.write(x, buf);
+        let on_disk = (self.disk.as_ref()).is_some_and(|d| d.read(x, buf, index.crcs[s as usize]));
+        if !on_disk {
+            // A small read's miss of the PNG counts toward warming it.
+            self.count_toward_warming(&self.warm.segment_misses, 1, WARM_AFTER_SEGMENT_MISSES);
+            self.inflate_segment(index, s, fetched, buf)?;
+            if let Some(disk) = &self.disk {
+                disk.write(x, buf);
+            }
         }
         self.cache.insert(key, out.clone());
         Ok(out)
-    }
-
-    /// Segment `s` from the disk cache into the memory cache, when the disk holds it intact.
-    fn segment_from_disk(
-        &self,
-        disk: &disk_cache::SegmentFile,
-        index: &crate::format::zindex::SegmentIndex,
-        s: u64,
-    ) -> Option<Arc<[u8]>> {
-        let (x, y) = index.original_range(s);
-        if !disk.holds(x) {
-            return None;
-        }
-        let mut seg = self.cache.buffer((y - x) as usize);
-        let buf = Arc::get_mut(&mut seg).expect("a fresh cache buffer is not shared");
-        if !disk.read(x, buf, index.crcs[s as usize]) {
-            return None;
-        }
-        self.cache
-            .insert(self.tile_key(SEGMENT_KEY_BIT | s), seg.clone());
-        Some(seg)
     }
 
     /// Inflates segment `s` into `out` (exactly its size) and checks its CRC-32. Its stream
@@ -1324,8 +1301,8 @@ struct SegmentPart<'a> {
     whole: bool,
     cached: Option<Arc<[u8]>>,
     share: &'a mut [u8],
-    /// `share` was filled already (from the disk cache).
-    done: bool,
+    /// The disk cache holds the segment (a whole one: `share` was filled from it).
+    on_disk: bool,
 }
 
 /// A byte buffer kept between uses, so that a decode's working bytes land in memory already
