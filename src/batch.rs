@@ -211,6 +211,15 @@ pub fn run(
             .build()
             .map_err(|e| Error::InvalidArgument(format!("cannot start {threads} threads: {e}")))?,
     );
+    // Temporary files that killed runs left in the output folders (each listed once).
+    let out_dirs: std::collections::BTreeSet<&Path> = jobs
+        .iter()
+        .filter_map(|j| j.output.parent())
+        .filter(|d| !d.as_os_str().is_empty())
+        .collect();
+    for dir in out_dirs {
+        crate::io_util::remove_stale_temps(dir, None);
+    }
     let mut blocked = collisions(jobs);
     let mut order: Vec<(u64, usize)> = (0..jobs.len())
         .filter(|&i| blocked[i].is_none())

@@ -232,6 +232,21 @@ pub fn remove_stale_temps(dir: &Path, name: Option<&std::ffi::OsStr>) -> usize {
     removed
 }
 
+/// [`remove_stale_temps`] for one output path: what killed runs left beside `target` (a
+/// crashed or `kill -9`ed `encode`/`decode` to the same path), removed before the next one
+/// writes there. One folder listing: callers with many outputs in a folder call
+/// [`remove_stale_temps`] once for it instead.
+pub fn remove_stale_temps_of(target: &Path) -> usize {
+    let dir = match target.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    match target.file_name() {
+        Some(name) => remove_stale_temps(dir, Some(name)),
+        None => 0,
+    }
+}
+
 /// Whether `pid` is a running process: a zombie (killed, not yet reaped by its parent) is not.
 fn process_alive(pid: i32) -> bool {
     if pid <= 0 {

@@ -21,3 +21,4 @@ pub mod reader;
 
 pub use error::{Error, Result};
 pub use format::metadata::Mode;
+pub use io_util::remove_stale_temps_of;

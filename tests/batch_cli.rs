@@ -345,3 +345,103 @@ fn a_full_disk_fails_the_files_that_do_not_fit_and_leaves_no_partial_image() {
         );
     }
 }
+
+/// Names in `dir` that are temporary files of an encode or decode.
+fn temporaries(dir: &Path) -> Vec<String> {
+    common::list_dir(dir)
+        .into_iter()
+        .filter(|n| n.contains(".pixelrts-tmp."))
+        .collect()
+}
+
+/// `pixelrts ARGS…` killed (SIGKILL) by its crash point `point` after writing an image under
+/// its temporary name, before the rename.
+fn run_killed_at(point: &str, args: &[&std::ffi::OsStr]) {
+    let o = std::process::Command::new(common::bin())
+        .args(args)
+        .env(pixelrts::failpoint::ENV, point)
+        .output()
+        .unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(o.status.signal(), Some(9), "{}", describe(&o));
+}
+
+/// A run killed mid-way (`kill -9`, a power cut) left its temporary file beside the output
+/// for good: the next run to the same place now removes it — a single encode or decode the
+/// ones for its output, a batch every one in its output folders — as long as the process that
+/// wrote it is gone.
+#[test]
+fn temporaries_of_a_killed_run_are_removed_by_the_next_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("a.bin");
+    let data = prng_bytes(300 << 10, 7);
+    std::fs::write(&input, &data).unwrap();
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    let png = out.join("a.rts.png");
+    let encode: [&std::ffi::OsStr; 4] = [
+        "encode".as_ref(),
+        input.as_os_str(),
+        png.as_os_str(),
+        "--no-sidecar".as_ref(),
+    ];
+
+    run_killed_at("encode", &encode);
+    assert_eq!(temporaries(&out).len(), 1, "{:?}", common::list_dir(&out));
+    assert!(!png.exists());
+    common::run_ok(encode);
+    assert_eq!(common::list_dir(&out), ["a.rts.png"]);
+
+    // A decode's leftover (its process gone: a child already reaped), and one of a process
+    // still running, which stays.
+    let decoded = out.join("a.bin");
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    let gone_pid = gone.id();
+    gone.wait().unwrap();
+    let stale = out.join(format!(".a.bin.pixelrts-tmp.{gone_pid}.0"));
+    let live = out.join(format!(".a.bin.pixelrts-tmp.{}.0", std::process::id()));
+    std::fs::write(&stale, b"half a file").unwrap();
+    std::fs::write(&live, b"being written").unwrap();
+    common::run_ok(["decode".as_ref(), png.as_os_str(), decoded.as_os_str()]);
+    assert_eq!(std::fs::read(&decoded).unwrap(), data);
+    assert!(!stale.exists());
+    assert!(live.exists());
+    std::fs::remove_file(&live).unwrap();
+
+    // A batch killed at its second image's rename, then run again.
+    let src = dir.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    for i in 0..3u64 {
+        std::fs::write(src.join(format!("f{i}.bin")), prng_bytes(200 << 10, i)).unwrap();
+    }
+    let batch_out = dir.path().join("batch");
+    let batch: [&std::ffi::OsStr; 8] = [
+        "encode".as_ref(),
+        "-r".as_ref(),
+        src.as_os_str(),
+        "--output-dir".as_ref(),
+        batch_out.as_os_str(),
+        "--no-sidecar".as_ref(),
+        "--threads".as_ref(),
+        "1".as_ref(),
+    ];
+    run_killed_at("encode:2", &batch);
+    assert_eq!(
+        temporaries(&batch_out).len(),
+        1,
+        "{:?}",
+        common::list_dir(&batch_out)
+    );
+    let mut again = batch.to_vec();
+    again.push("--force".as_ref());
+    common::run_ok(again);
+    assert_eq!(
+        common::list_dir(&batch_out),
+        [
+            "batch_summary.json",
+            "f0.bin.rts.png",
+            "f1.bin.rts.png",
+            "f2.bin.rts.png"
+        ]
+    );
+}

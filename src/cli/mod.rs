@@ -524,6 +524,8 @@ fn cmd_encode(a: EncodeArgs) -> anyhow::Result<i32> {
         progress: Some(bar.callback()),
         ..opts
     };
+    // A run killed before its rename left its temporary file here; this one replaces it.
+    pixelrts::remove_stale_temps_of(&output);
     let meta = encode::encode_file(input, &output, &opts)?;
     bar.finish();
     if a.json {
@@ -572,6 +574,7 @@ fn cmd_decode(a: DecodeArgs) -> anyhow::Result<i32> {
         let mut stdout = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout());
         decode::decode_to_writer(input, &mut stdout, &opts)?
     } else {
+        pixelrts::remove_stale_temps_of(&output);
         decode::decode_file(input, &output, &opts)?
     };
     bar.finish();
