@@ -53,6 +53,9 @@ pub fn write_man_pages(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
             c.mut_arg("options", |a| {
                 a.long_help("Mount options, comma-separated; repeatable, later ones win (see MOUNT OPTIONS).")
             })
+            // clap_mangen renders an option with only a short name as `[-o ]`, without its
+            // value: the synopsis is written out instead.
+            .override_usage("pixelrts mount [-o OPTIONS]... [-f|--foreground] [-v|--verbose]... SOURCE MOUNTPOINT")
         });
     top.build();
     let mut pages = vec![(Man::new(top.clone()), true)];
@@ -165,6 +168,10 @@ fn helper_page() -> anyhow::Result<Vec<u8>> {
     use clap::{Arg, ArgAction, Command};
     let cmd = Command::new(HELPER)
         .version(env!("CARGO_PKG_VERSION"))
+        // Written out: clap_mangen shows short-only options as `[-o ]` (see write_man_pages).
+        .override_usage(format!(
+            "{HELPER} SOURCE MOUNTPOINT [-o OPTIONS]... [-f] [-n] [-s] [-v]..."
+        ))
         .about("mount helper for PixelRTS image folders (mount -t fuse.pixelrts)")
         .long_about(
             "mount(8) runs this helper for `mount -t fuse.pixelrts SOURCE MOUNTPOINT` and for fstab \
@@ -265,5 +272,22 @@ mod tests {
             helper.contains(".SH \"EXIT STATUS\"") || helper.contains(".SH EXIT STATUS"),
             "{helper}"
         );
+    }
+
+    /// clap_mangen wrote `[-o ]` (no value, a stray space) for options with only a short name.
+    #[test]
+    fn the_mount_synopses_show_what_o_takes() {
+        let dir = tempfile::tempdir().unwrap();
+        write_man_pages(dir.path()).unwrap();
+        for page in ["pixelrts-mount.1", "mount.fuse.pixelrts.8"] {
+            let text = std::fs::read_to_string(dir.path().join(page)).unwrap();
+            let synopsis = text
+                .split(".SH SYNOPSIS")
+                .nth(1)
+                .and_then(|rest| rest.split(".SH ").next())
+                .unwrap_or_else(|| panic!("{page} has no SYNOPSIS:\n{text}"));
+            assert!(synopsis.contains("OPTIONS"), "{page}: {synopsis}");
+            assert!(!synopsis.contains(" ]"), "{page}: {synopsis}");
+        }
     }
 }
