@@ -212,13 +212,15 @@ impl Reader {
     }
 
     /// Up to `n` bytes from `offset` (fewer at the end, none past it); every byte verified.
+    /// Read straight into the new bytes object, with the GIL released: no other Python code
+    /// can see that object before it is returned.
     fn pread<'py>(&self, py: Python<'py>, offset: u64, n: usize) -> PyResult<Bound<'py, PyBytes>> {
         let want = (n as u64).min(self.inner.len().saturating_sub(offset)) as usize;
-        let mut buf = vec![0u8; want];
-        let got = py
-            .detach(|| self.inner.read_at(offset, &mut buf))
-            .map_err(to_py)?;
-        Ok(PyBytes::new(py, &buf[..got]))
+        PyBytes::new_with(py, want, |buf| {
+            py.detach(|| self.inner.read_at(offset, buf))
+                .map(|_| ())
+                .map_err(to_py)
+        })
     }
 }
 
