@@ -14,7 +14,8 @@
 # from the page cache gives the replay's own cost, which is subtracted. Printed beside it, in
 # one run, medians of REPS (default 3) alternated rounds: the mount's cold `tar` and the same
 # with its PNG already cached, squashfuse_ll over `mksquashfs -comp zstd` cold, and the bytes
-# each read from the disk (/proc/PID/io). KEEP_TRACE=DIR keeps the recorded reads.
+# each read from the disk (/proc/PID/io). KEEP_TRACE=DIR keeps the recorded reads (strace's
+# files, one per thread).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" -eq 0 ] || { echo "bench-loop-bound.sh needs root (drop_caches, losetup, mount)" >&2; exit 2; }
@@ -71,7 +72,7 @@ STRACE=$!
 sleep 1
 loop_tar "$MNT/$NAME" meta >/dev/null
 kill "$STRACE"; wait "$STRACE" 2>/dev/null || true
-[ -n "${KEEP_TRACE:-}" ] && cp -r "$WORK" "$KEEP_TRACE"
+[ -n "${KEEP_TRACE:-}" ] && mkdir -p "$KEEP_TRACE" && cp "$WORK"/reads.* "$KEEP_TRACE"/
 fusermount3 -u "$MNT"
 
 declare -A T
