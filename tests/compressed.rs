@@ -82,10 +82,18 @@ fn decode(png: &Path) -> pixelrts::Result<Vec<u8>> {
 }
 
 fn reader(png: &Path) -> Reader {
+    reader_with_disk_cache(png, None)
+}
+
+/// A reader of its own (a fresh memory cache), with `disk_cache`.
+fn reader_with_disk_cache(
+    png: &Path,
+    disk_cache: Option<std::sync::Arc<pixelrts::reader::disk_cache::DiskCache>>,
+) -> Reader {
     let opts = ReaderOptions {
         cache: TileCache::shared(64 << 20),
         checkpoint_dir: Some(png.parent().unwrap().join("checkpoints")),
-        disk_cache: None,
+        disk_cache,
     };
     Reader::open(png, &opts).unwrap()
 }
@@ -507,14 +515,7 @@ fn a_disk_cache_serves_later_readers_and_never_a_damaged_copy() {
     let png = encode_compressed(dir.path(), "dc", &data, 4096);
     let cache_dir = dir.path().join("segments");
     let disk = DiskCache::open(&cache_dir, 1 << 30).unwrap();
-    let open = |png: &Path| {
-        let opts = ReaderOptions {
-            cache: TileCache::shared(64 << 20),
-            checkpoint_dir: None,
-            disk_cache: Some(disk.clone()),
-        };
-        Reader::open(png, &opts).unwrap()
-    };
+    let open = |png: &Path| reader_with_disk_cache(png, Some(disk.clone()));
     let segments = data.len().div_ceil(4096);
     let read_each = |r: &Reader, len: usize| -> Vec<pixelrts::Result<Vec<u8>>> {
         (0..segments)

@@ -137,8 +137,7 @@ impl DiskCache {
 
     /// Counts `n` bytes written; past [`CHECK_EVERY`], checks the budget.
     fn wrote(&self, n: u64) {
-        if self.since_check.fetch_add(n, Ordering::Relaxed) + n >= CHECK_EVERY {
-            self.since_check.store(0, Ordering::Relaxed);
+        if check_due(&self.since_check, n) {
             self.enforce_budget();
         }
     }
@@ -222,13 +221,20 @@ impl SegmentFile {
         self.cache.wrote(n);
         // Removed for the budget while open (checked now and then, not per write): what it
         // gets then would be invisible to the budget, and lost at close.
-        if self.since_check.fetch_add(n, Ordering::Relaxed) + n >= CHECK_EVERY {
-            self.since_check.store(0, Ordering::Relaxed);
-            if self.file.metadata().is_ok_and(|m| m.nlink() == 0) {
-                self.writable.store(false, Ordering::Relaxed);
-            }
+        if check_due(&self.since_check, n) && self.file.metadata().is_ok_and(|m| m.nlink() == 0) {
+            self.writable.store(false, Ordering::Relaxed);
         }
     }
+}
+
+/// Adds `n` bytes written to `since_check`; true (and the count restarted) once they reach
+/// [`CHECK_EVERY`].
+fn check_due(since_check: &AtomicU64, n: u64) -> bool {
+    let due = since_check.fetch_add(n, Ordering::Relaxed) + n >= CHECK_EVERY;
+    if due {
+        since_check.store(0, Ordering::Relaxed);
+    }
+    due
 }
 
 #[cfg(test)]

@@ -550,11 +550,7 @@ impl Reader {
                 Some(seg) => seg,
                 None if part.whole && part.on_disk => return Ok(()),
                 None if part.whole => {
-                    self.inflate_segment(index, part.s, fetched, part.share)?;
-                    if let Some(disk) = &self.disk {
-                        disk.write(index.original_range(part.s).0, part.share);
-                    }
-                    return Ok(());
+                    return self.inflate_segment(index, part.s, fetched, part.share)
                 }
                 None => self.missing_segment(index, part.s, fetched)?,
             };
@@ -635,16 +631,14 @@ impl Reader {
             // A small read's miss of the PNG counts toward warming it.
             self.count_toward_warming(&self.warm.segment_misses, 1, WARM_AFTER_SEGMENT_MISSES);
             self.inflate_segment(index, s, fetched, buf)?;
-            if let Some(disk) = &self.disk {
-                disk.write(x, buf);
-            }
         }
         self.cache.insert(key, out.clone());
         Ok(out)
     }
 
-    /// Inflates segment `s` into `out` (exactly its size) and checks its CRC-32. Its stream
-    /// bytes come from `fetched` when that covers them, else are read here.
+    /// Inflates segment `s` into `out` (exactly its size) and checks its CRC-32, then keeps a
+    /// copy in the disk cache when there is one. Its stream bytes come from `fetched` when
+    /// that covers them, else are read here.
     fn inflate_segment(
         &self,
         index: &crate::format::zindex::SegmentIndex,
@@ -685,6 +679,9 @@ impl Reader {
             ));
         }
         self.cache.add_inflated(y - x);
+        if let Some(disk) = &self.disk {
+            disk.write(x, out);
+        }
         Ok(())
     }
 
