@@ -214,8 +214,7 @@ pub fn run(
     // Temporary files that killed runs left in the output folders (each listed once).
     let out_dirs: std::collections::BTreeSet<&Path> = jobs
         .iter()
-        .filter_map(|j| j.output.parent())
-        .filter(|d| !d.as_os_str().is_empty())
+        .map(|j| crate::io_util::folder_of(&j.output))
         .collect();
     for dir in out_dirs {
         crate::io_util::remove_stale_temps(dir, None);

@@ -93,10 +93,7 @@ impl AtomicOutput {
                 path: target.to_path_buf(),
             });
         }
-        let dir = match target.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
+        let dir = folder_of(target);
         let name = target
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -160,10 +157,8 @@ impl AtomicOutput {
         std::fs::rename(&self.temp, &self.target).at(&self.target)?;
         self.committed = true;
         if fsync {
-            if let Some(dir) = self.target.parent().filter(|d| !d.as_os_str().is_empty()) {
-                if let Ok(d) = File::open(dir) {
-                    let _ = d.sync_all();
-                }
+            if let Ok(d) = File::open(folder_of(&self.target)) {
+                let _ = d.sync_all();
             }
         }
         Ok(())
@@ -237,13 +232,17 @@ pub fn remove_stale_temps(dir: &Path, name: Option<&std::ffi::OsStr>) -> usize {
 /// writes there. One folder listing: callers with many outputs in a folder call
 /// [`remove_stale_temps`] once for it instead.
 pub fn remove_stale_temps_of(target: &Path) -> usize {
-    let dir = match target.parent() {
+    match target.file_name() {
+        Some(name) => remove_stale_temps(folder_of(target), Some(name)),
+        None => 0,
+    }
+}
+
+/// The folder an output file goes in, where its temporary file goes too: `.` for a bare name.
+pub fn folder_of(target: &Path) -> &Path {
+    match target.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
-    };
-    match target.file_name() {
-        Some(name) => remove_stale_temps(dir, Some(name)),
-        None => 0,
     }
 }
 
