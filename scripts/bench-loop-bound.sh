@@ -33,8 +33,7 @@ NAME=$(basename "$IMAGE")
 PNG="$IMAGE.$(basename "$BIN").rts.png"
 SQFS="$IMAGE.zstd.sqfs"
 [ -f "$PNG" ] || "$BIN" encode "$IMAGE" "$PNG" --no-sidecar >/dev/null
-[ -f "$SQFS" ] || { mkdir "$WORK/sq"; ln "$IMAGE" "$WORK/sq/$NAME"; \
-    mksquashfs "$WORK/sq" "$SQFS" -comp zstd -noappend -quiet -no-progress >/dev/null; rm -rf "$WORK/sq"; }
+zstd_sqfs_of "$IMAGE"
 mkdir "$WORK/src"
 ln "$PNG" "$WORK/src/$NAME.rts.png"
 

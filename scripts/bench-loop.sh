@@ -51,8 +51,7 @@ run_way() {
 
 for way in "${WAYS[@]}"; do
     if [ "$way" = sqfs ]; then
-        [ -f "$IMAGE.zstd.sqfs" ] || { rm -rf "$WORK/sq"; mkdir "$WORK/sq"; ln "$IMAGE" "$WORK/sq/$NAME"; \
-            mksquashfs "$WORK/sq" "$IMAGE.zstd.sqfs" -comp zstd -noappend -quiet -no-progress >/dev/null; rm -rf "$WORK/sq"; }
+        zstd_sqfs_of "$IMAGE"
     else
         bin=${way%%:*}
         out="$IMAGE.$(basename "$bin").rts.png"

@@ -1,7 +1,7 @@
 # shellcheck shell=bash
-# Shared by bench-read.sh and bench-loop.sh (sourced, not run): timing, dropping the page cache,
-# a work folder with a mount point and a loop mount point that are undone on exit, and the
-# loop-mounted `tar` both scripts time.
+# Shared by bench-read.sh, bench-loop.sh and bench-loop-bound.sh (sourced, not run): timing,
+# dropping the page cache, a work folder with a mount point and a loop mount point that are
+# undone on exit, the loop-mounted `tar` they time, and the squashfs image they compare with.
 
 now() { date +%s.%N; }
 secs() { python3 -c "print(f'{$2 - $1:.2f}')"; }
@@ -41,4 +41,13 @@ loop_tar() {
     losetup -d "$LOOPDEV"
     LOOPDEV=
     secs "$t0" "$t1"
+}
+
+# zstd_sqfs_of IMAGE: makes IMAGE.zstd.sqfs (`mksquashfs -comp zstd` of a folder holding IMAGE
+# alone, as squashfuse_ll serves it) unless it is there; kept beside IMAGE for later runs.
+zstd_sqfs_of() {
+    [ -f "$1.zstd.sqfs" ] && return 0
+    rm -rf "$WORK/sq"; mkdir "$WORK/sq"; ln "$1" "$WORK/sq/$(basename "$1")"
+    mksquashfs "$WORK/sq" "$1.zstd.sqfs" -comp zstd -noappend -quiet -no-progress >/dev/null
+    rm -rf "$WORK/sq"
 }
